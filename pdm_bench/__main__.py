@@ -1,0 +1,3 @@
+from pdm_bench.cli import main
+
+main()

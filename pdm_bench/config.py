@@ -1,0 +1,170 @@
+"""Presets, the resolved training plan, device and directory resolution.
+
+A :class:`TrainPlan` holds everything that changes a model's weights except the data and the defense; its
+``key`` (with the dataset fingerprint and the defense options) names the cached model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdm_bench.errors import UserError, unknown_name_error
+from pdm_bench.models import ModelSpec
+
+CACHE_ENV = "PDM_BENCH_CACHE"
+DATA_ENV = "PDM_BENCH_DATA"
+TRAIN_FORMAT_VERSION = 1  # bump when the training loop changes what a given config produces
+
+
+class PresetName(str, Enum):
+    """The closed set of presets."""
+
+    QUICK = "quick"
+    PAPER = "paper"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preset:
+    """Model and optimiser settings; ``epochs`` per dataset family (``default`` for any other)."""
+
+    name: str
+    description: str
+    depth: int
+    width: int
+    epochs: dict[str, int]
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.002
+    batch_size: int = 128
+    milestones: tuple[float, ...] = (0.45, 0.67, 0.89)  # fractions of training where lr *= gamma (Pang)
+    gamma: float = 0.1
+
+    def epochs_for(self, dataset: str) -> int:
+        family = "cifar10" if dataset.startswith("cifar10") else dataset
+        return self.epochs.get(family, self.epochs["default"])
+
+
+PRESETS: dict[PresetName, Preset] = {
+    PresetName.QUICK: Preset(
+        name="quick",
+        description="ResNet-8, a few epochs: minutes on a CPU",
+        depth=8,
+        width=16,
+        epochs={"digits": 50, "mnist": 3, "cifar10": 15, "default": 10},
+        weight_decay=5e-4,
+    ),
+    PresetName.PAPER: Preset(
+        name="paper",
+        description="ResNet-56, Appendix B of the paper (SGD lr 0.1, L2 0.002, batch 128); for a GPU",
+        depth=56,
+        width=16,
+        epochs={"digits": 80, "mnist": 80, "cifar10": 400, "default": 80},
+    ),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[PresetName(name)]
+    except ValueError:
+        raise unknown_name_error("preset", name, [p.value for p in PresetName]) from None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainPlan:
+    """The resolved recipe for one training run (no data, no defense)."""
+
+    preset: str
+    model: ModelSpec
+    epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    milestones: tuple[int, ...]
+    gamma: float
+    augment: bool
+    seed: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def lr_at(self, epoch: int) -> float:
+        """Step schedule: ``lr * gamma**k`` after the k-th milestone epoch."""
+        return self.lr * self.gamma ** sum(epoch >= m for m in self.milestones)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def make_plan(
+    preset_name: str,
+    *,
+    dataset: str,
+    input_shape: tuple[int, int, int],
+    num_classes: int,
+    seed: int = 0,
+    epochs: int | None = None,
+) -> TrainPlan:
+    """Resolve a preset for one dataset; ``epochs`` overrides the preset's count."""
+    preset = get_preset(preset_name)
+    if epochs is not None and epochs <= 0:
+        raise UserError(f"--epochs must be a positive integer, got {epochs}")
+    n_epochs = epochs if epochs is not None else preset.epochs_for(dataset)
+    channels, height, _ = input_shape
+    return TrainPlan(
+        preset=preset.name,
+        model=ModelSpec(depth=preset.depth, width=preset.width, in_channels=channels, num_classes=num_classes),
+        epochs=n_epochs,
+        lr=preset.lr,
+        momentum=preset.momentum,
+        weight_decay=preset.weight_decay,
+        batch_size=preset.batch_size,
+        milestones=tuple(sorted({max(1, round(f * n_epochs)) for f in preset.milestones if round(f * n_epochs) < n_epochs})),
+        gamma=preset.gamma,
+        augment=channels == 3 and height >= 32,  # crop + flip for CIFAR-like colour images
+        seed=seed,
+    )
+
+
+def config_key(payload: dict[str, Any]) -> str:
+    """Stable short hash of a JSON-able config."""
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
+    """Explicit value, else ``$PDM_BENCH_CACHE``, else ``~/.cache/pdm-bench``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "pdm-bench"
+
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks ``cuda`` when present; asking for an absent device is a :class:`UserError`."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise UserError(
+                f"Device '{name}' is not available: torch {torch.__version__} sees no CUDA GPU on this machine. "
+                "Use --device cpu or --device auto."
+            )
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise UserError(f"Device '{name}' does not exist; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return torch.device(name)
+    raise UserError(f"Unknown device '{name}'. Available: {', '.join(DEVICE_CHOICES)}")

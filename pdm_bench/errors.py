@@ -1,0 +1,18 @@
+"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(Exception):
+    """Bad input from the user (names, options, data files). Printed without a traceback."""
+
+
+def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserError:
+    """``Unknown defense 'pmd'. Did you mean: pdm? Available: baseline, pdm, rce``."""
+    available = sorted(choices)
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f" Did you mean: {close[0]}?" if close else ""
+    return UserError(f"Unknown {kind} '{name}'.{hint} Available: {', '.join(available)}")

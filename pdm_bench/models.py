@@ -1,0 +1,113 @@
+"""CIFAR-style ResNets (depth 6n+2) with leaky ReLU and a named ``embedding`` module.
+
+The pre-logits vector passes through ``model.embedding`` (an ``nn.Identity`` that is a *top-level*
+child), so ART's ``get_activations(x, "embedding")`` and a plain forward hook both reach it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+LEAKY_SLOPE = 0.1
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Everything that fixes a network's architecture (models as data)."""
+
+    depth: int = 20
+    width: int = 16
+    in_channels: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"expected a ResNet depth of the form 6n+2 (8, 14, 20, 32, 56, ...), got {self.depth}")
+        if self.width < 1:
+            raise ValueError(f"expected a positive width, got {self.width}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return 4 * self.width
+
+
+class BasicBlock(nn.Module):
+    """Pre-activation-free basic block: conv-BN-lrelu-conv-BN + shortcut, then lrelu."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False), nn.BatchNorm2d(planes)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.leaky_relu(self.bn1(self.conv1(x)), LEAKY_SLOPE)
+        out = self.bn2(self.conv2(out))
+        return F.leaky_relu(out + self.shortcut(x), LEAKY_SLOPE)
+
+
+class ResNet(nn.Module):
+    """ResNet-(6n+2) for small images of any size and channel count.
+
+    ``forward`` returns the logits the defense *predicts with*: ``logit_sign * z`` where ``z`` is the raw
+    output of the final linear layer (``logit_sign`` is -1 for reverse-cross-entropy models). Losses use
+    :meth:`embed_and_logits`, which returns the raw ``z``.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.spec = spec
+        n = (spec.depth - 2) // 6
+        w = spec.width
+        self.stem = nn.Sequential(
+            nn.Conv2d(spec.in_channels, w, 3, padding=1, bias=False),
+            nn.BatchNorm2d(w),
+            nn.LeakyReLU(LEAKY_SLOPE),
+        )
+        self.stage1 = self._stage(w, w, n, stride=1)
+        self.stage2 = self._stage(w, 2 * w, n, stride=2)
+        self.stage3 = self._stage(2 * w, 4 * w, n, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.embedding = nn.Identity()
+        self.fc = nn.Linear(4 * w, spec.num_classes)
+        self.register_buffer("logit_sign", torch.ones(()))
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, a=LEAKY_SLOPE, nonlinearity="leaky_relu")
+
+    @staticmethod
+    def _stage(in_planes: int, planes: int, blocks: int, *, stride: int) -> nn.Sequential:
+        layers = [BasicBlock(in_planes, planes, stride)]
+        layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
+        return nn.Sequential(*layers)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The pre-logits embedding, shape (N, 4*width)."""
+        out = self.stage3(self.stage2(self.stage1(self.stem(x))))
+        return self.embedding(torch.flatten(self.pool(out), 1))
+
+    def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedding and *raw* logits z (before ``logit_sign``), for training losses."""
+        z = self.embed(x)
+        return z, self.fc(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embed(x)) * self.logit_sign
+
+
+def build_model(spec: ModelSpec, *, negate_logits: bool = False) -> ResNet:
+    """A fresh ResNet; ``negate_logits`` makes it predict with -z (reverse cross-entropy models)."""
+    model = ResNet(spec)
+    if negate_logits:
+        model.logit_sign.fill_(-1.0)
+    return model

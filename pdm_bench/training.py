@@ -1,0 +1,224 @@
+"""The training loop (pure torch): cached by config key, checkpointed every epoch, resumable.
+
+A model lives in ``<cache>/models/<dataset>-<defense>-<preset>-s<seed>-<key>/``: ``meta.json`` (the full
+config and, when done, the history and clean test accuracy), ``checkpoint.pt`` while training (the last
+finished epoch) and ``model.pt`` when done. Every file is written atomically; all load with
+``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pdm_bench.config import TRAIN_FORMAT_VERSION, TrainPlan, config_key
+from pdm_bench.data import Dataset
+from pdm_bench.defenses.base import Defense, TrainContext, terms_total
+from pdm_bench.errors import UserError
+from pdm_bench.models import ResNet, build_model
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained (or reused) defended model and where it is stored."""
+
+    model: ResNet
+    defense: Defense
+    plan: TrainPlan
+    key: str
+    run_dir: Path
+    test_accuracy: float
+    from_cache: bool
+    history: list[dict[str, Any]]
+
+
+def model_config(dataset: Dataset, defense: Defense, plan: TrainPlan) -> dict[str, Any]:
+    """Everything that changes the weights (the cache key is its hash)."""
+    return {
+        "format": TRAIN_FORMAT_VERSION,
+        "dataset": dataset.name,
+        "dataset_fingerprint": dataset.fingerprint,
+        "defense": defense.name,
+        "defense_class": f"{type(defense).__module__}.{type(defense).__qualname__}",
+        "defense_options": defense.options(),
+        "plan": plan.as_dict(),
+    }
+
+
+def model_dir(cache_dir: Path, dataset: Dataset, defense: Defense, plan: TrainPlan) -> tuple[Path, str, dict[str, Any]]:
+    config = json.loads(json.dumps(model_config(dataset, defense, plan), default=str))
+    key = config_key(config)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.name}-{defense.name}-{plan.preset}-s{plan.seed}")[-80:]
+    return cache_dir / "models" / f"{slug}-{key}", key, config
+
+
+def train_or_load(
+    *,
+    dataset: Dataset,
+    defense: Defense,
+    plan: TrainPlan,
+    cache_dir: Path,
+    device: torch.device,
+    progress: bool = True,
+    log: Log = print,
+    on_epoch_end: Callable[[int], None] | None = None,
+) -> TrainedModel:
+    """Reuse the cached model of this exact config, resume its checkpoint, or train it from scratch."""
+    run_dir, key, config = model_dir(cache_dir, dataset, defense, plan)
+    meta = _read_meta(run_dir)
+    if meta is not None and meta.get("config") != config:
+        raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
+    model = _new_model(defense, plan).to(device)
+    if meta is not None and meta.get("finished") and (run_dir / "model.pt").exists():
+        _load_state(model, run_dir / "model.pt", "weights", device)
+        log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
+        return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_json(run_dir / "meta.json", {"config": config, "finished": None})
+    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    start_epoch, history = 0, []
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if checkpoint_path.exists():
+        checkpoint = _load_state(model, checkpoint_path, "model", device)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        start_epoch, history = checkpoint["epoch"] + 1, checkpoint["history"]
+        log(f"Resuming {run_dir.name} after epoch {start_epoch}/{plan.epochs}")
+
+    train_x, train_y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
+    test_x, test_y = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
+    if device.type == "cuda":  # the whole set fits; no per-batch host->device copies
+        train_x, train_y = train_x.to(device), train_y.to(device)
+    for epoch in range(start_epoch, plan.epochs):
+        started = time.perf_counter()
+        terms = _train_epoch(model, optimizer, defense, plan, epoch, train_x, train_y, dataset.num_classes, device, progress)
+        accuracy = evaluate_accuracy(model, test_x, test_y, device=device)
+        history.append({"epoch": epoch + 1, "lr": plan.lr_at(epoch), **terms, "test_accuracy": accuracy,
+                        "seconds": round(time.perf_counter() - started, 2)})
+        log(f"epoch {epoch + 1}/{plan.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in terms.items())
+            + f"  test acc {100 * accuracy:.2f}%  ({history[-1]['seconds']:.1f} s)")
+        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
+                     checkpoint_path)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch)
+
+    _atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
+    finished = time.strftime("%Y-%m-%d %H:%M:%S")
+    accuracy = history[-1]["test_accuracy"]
+    _write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
+    checkpoint_path.unlink(missing_ok=True)
+    return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
+
+
+def _new_model(defense: Defense, plan: TrainPlan) -> ResNet:
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(plan.seed)
+        return build_model(plan.model, negate_logits=defense.negate_logits)
+
+
+def _train_epoch(
+    model: ResNet,
+    optimizer: torch.optim.Optimizer,
+    defense: Defense,
+    plan: TrainPlan,
+    epoch: int,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    num_classes: int,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, float]:
+    """One pass over the training set in a seeded order (so a resumed run sees the same batches)."""
+    generator = torch.Generator().manual_seed(plan.seed * 100_003 + epoch)
+    context = TrainContext(num_classes, train_x, train_y, generator)
+    for group in optimizer.param_groups:
+        group["lr"] = plan.lr_at(epoch)
+    order = torch.randperm(train_x.shape[0], generator=generator).to(train_x.device)
+    batches = [b for b in order.split(plan.batch_size) if b.numel() > 1]  # BatchNorm needs 2+ samples
+    model.train()
+    sums: dict[str, float] = {}
+    bar = tqdm(batches, desc=f"{defense.name} epoch {epoch + 1}/{plan.epochs}", leave=False, disable=not progress,
+               unit="batch", dynamic_ncols=True)
+    for index in bar:
+        x = train_x[index].to(device, non_blocking=True)
+        y = train_y[index].to(device, non_blocking=True)
+        if plan.augment:
+            x = _crop_and_flip(x, generator)
+        total, terms = terms_total(defense.loss(model, x, y, context))
+        if not torch.isfinite(total):
+            raise UserError(f"Training of '{defense.name}' diverged at epoch {epoch + 1} (loss {float(total)}); lower the learning rate or the loss weights")
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+        for name, value in terms.items():
+            sums[name] = sums.get(name, 0.0) + value
+        bar.set_postfix({name: f"{value:.3f}" for name, value in terms.items()}, refresh=False)
+    return {name: value / len(batches) for name, value in sums.items()}
+
+
+def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation: random crop from a zero-padded image and a random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).tolist()
+    flips = (torch.rand(n, generator=generator) < 0.5).tolist()
+    crops = [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]
+    return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)])
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, x: torch.Tensor | np.ndarray, *, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    """The logits the model predicts with, on the CPU, in eval mode."""
+    model.eval()
+    x = torch.as_tensor(x)
+    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
+
+
+def evaluate_accuracy(model: torch.nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, *, device: torch.device) -> float:
+    """Clean accuracy in [0, 1]."""
+    predictions = predict_logits(model, x, device=device).argmax(dim=1)
+    return float((predictions == torch.as_tensor(y)).float().mean())
+
+
+def _load_state(model: ResNet, path: Path, field: str, device: torch.device) -> dict[str, Any]:
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        model.load_state_dict(state[field])
+    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UserError(f"Checkpoint {path} does not fit this config ({reason}); remove it to retrain") from None
+    return state
+
+
+def _read_meta(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "meta.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, OSError):
+        raise UserError(f"Corrupt model metadata {path}; remove {run_dir} to retrain") from None
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)

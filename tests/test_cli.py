@@ -1,0 +1,73 @@
+"""The CLI: train on digits, reuse the cache, list, and one-line errors for bad input."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+CliResult = Any  # conftest.CliResult
+
+
+def test_train_prints_accuracy_then_reuses_the_cached_model(cli: Callable[..., CliResult]) -> None:
+    first = cli("train", "--defense", "baseline", "--epochs", "2", "--no-progress")
+    assert first.code == 0, first.err
+    assert "Dataset digits: 1437 train / 360 test images, 1x8x8, 10 classes" in first.out
+    assert "epoch 2/2" in first.out and "trained in" in first.out
+    accuracy = first.out.split("Clean test accuracy: ")[1].split("%")[0]
+    second = cli("train", "--defense", "baseline", "--epochs", "2", "--no-progress")
+    assert second.code == 0 and "Reusing cached model" in second.out and "reused" in second.out
+    assert f"Clean test accuracy: {accuracy}%" in second.out
+
+
+def test_list_shows_defenses_datasets_presets(cli: Callable[..., CliResult]) -> None:
+    listing = cli("list")
+    assert listing.code == 0
+    for word in ("baseline", "rce", "siamese_rvl", "pdm", "rvl_weight=0.1", "digits", "mnist", "cifar10-jpeg", "folder:PATH", "quick", "paper"):
+        assert word in listing.out
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--defense", "pmd"], "Error: Unknown defense 'pmd'. Did you mean: pdm? Available: baseline, pdm, rce, siamese_rvl"),
+        (["train", "--dataset", "mnsit"], "Error: Unknown dataset 'mnsit'. Did you mean: mnist?"),
+        (["train", "--epochs", "0"], "Error: Invalid value for '--epochs': 0 is not in the range x>=1."),
+        (["train", "--epochs", "-3"], "Error: Invalid value for '--epochs': -3 is not in the range x>=1."),
+        (["train", "--preset", "fast"], "Error: Invalid value for '--preset': 'fast' is not one of 'quick', 'paper'."),
+        (["train", "--device", "tpu"], "Error: Unknown device 'tpu'. Available: auto, cpu, cuda, cuda:N"),
+        (["train", "-o", "q"], "Error: --defense-option expects NAME=VALUE, got 'q'"),
+        (["train", "-o", "q=2"], "Error: Bad options for defense 'pdm': q must be in [0, 1], got 2.0"),
+        (["train", "--dataset", "mnist"], "Error: Dataset 'mnist' needs its files"),
+    ],
+)
+def test_bad_input_is_one_line_without_traceback(cli: Callable[..., CliResult], args: list[str], message: str) -> None:
+    result = cli(*args)
+    assert result.code != 0
+    assert result.err.startswith(message), result.err
+    assert result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU, so --device cuda is valid here")
+def test_unavailable_cuda_is_a_one_line_error(cli: Callable[..., CliResult]) -> None:
+    result = cli("train", "--device", "cuda")
+    assert result.code == 2
+    assert result.err.startswith("Error: Device 'cuda' is not available") and "--device cpu" in result.err
+
+
+def test_missing_data_dir_says_where_it_looked(cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    result = cli("train", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"))
+    assert result.code == 2 and str(tmp_path / "nowhere") in result.err and result.err.count("\n") == 1
+
+
+def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
+    """The installed entry point: exit code and a traceback-free error from a real process."""
+    done = subprocess.run([sys.executable, "-m", "pdm_bench", "train", "--defense", "pmd"], capture_output=True, text=True,
+                          env={"PATH": "", "PDM_BENCH_CACHE": str(tmp_path)}, timeout=120)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        "Error: Unknown defense 'pmd'. Did you mean: pdm? Available: baseline, pdm, rce, siamese_rvl")

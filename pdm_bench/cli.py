@@ -121,6 +121,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     except click.ClickException as error:
         click.echo(f"Error: {error.format_message()}", err=True)
         return error.exit_code
+    except OSError as error:  # disk full, a cache file removed under us, permissions: say which file
+        click.echo(f"Error: {error}", err=True)
+        return 1
     except (KeyboardInterrupt, click.exceptions.Abort):
         click.echo("Interrupted: finished epochs and results are saved; rerun the same command to resume.", err=True)
         return EXIT_INTERRUPTED

@@ -25,6 +25,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 
 import numpy as np
 from PIL import Image
@@ -37,6 +38,11 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", "
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CIFAR10_FILES = (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_LAYOUTS = {
+    "mnist": ", ".join(f"{f}[.gz]" for f in MNIST_FILES) + " in DIR/mnist/ or DIR/",
+    "cifar10": "DIR/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta) from the official python release",
+    "cifar10-jpeg": "DIR/cifar10-jpeg/train/<class>/*.jpg and DIR/cifar10-jpeg/test/<class>/*.jpg",
+}
 _CACHE_VERSION = "1"
 # All a CIFAR-10 pickle may reference (numpy arrays; _codecs.encode is how Python 3 protocol-2 pickles store bytes).
 _PICKLE_GLOBALS: dict[tuple[str, str], object] = {
@@ -82,7 +88,7 @@ class _Source:
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     """The explicit ``data_dir``, else ``$PDM_BENCH_DATA``, else None."""
     value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV_VAR) or None
-    return None if value is None else Path(value).expanduser().absolute()
+    return None if value is None else Path(os.path.abspath(Path(value).expanduser()))
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
@@ -102,7 +108,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
         if not raw_path:
             raise UserError("Dataset 'folder:' needs a path: folder:/path/to/images "
                             "(holding train/<class>/ and test/<class>/)")
-        root = Path(raw_path).expanduser().absolute()
+        root = Path(os.path.abspath(Path(raw_path).expanduser()))
         name = f"folder:{root}"
         source = _folder_source(name, root)
     elif name in DATASET_NAMES:
@@ -110,11 +116,11 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
         if base is None:
             raise UserError(
                 f"Dataset '{name}' needs its files: pass --data-dir DIR or set {DATA_ENV_VAR} "
-                f"(looked in: nowhere, neither is given; expected {_expected_layout(name)})"
+                f"(looked in: nowhere, neither is given; expected {_LAYOUTS[name]})"
             )
         if not base.is_dir():
             raise UserError(f"Data directory {base} (from --data-dir or {DATA_ENV_VAR}) does not exist; "
-                            f"dataset '{name}' expects {_expected_layout(name)}")
+                            f"dataset '{name}' expects {_LAYOUTS[name]}")
         if name == "mnist":
             source = _mnist_source(base)
         elif name == "cifar10":
@@ -124,17 +130,6 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
     else:
         raise unknown_name_error("dataset", name, [*DATASET_NAMES, "folder:<path>"])
     return _load_cached(name, source, cache_dir)
-
-
-def _expected_layout(name: str) -> str:
-    if name == "mnist":
-        return ", ".join(f"{f}[.gz]" for f in MNIST_FILES) + " in DIR/mnist/ or DIR/"
-    if name == "cifar10":
-        return "DIR/cifar-10-batches-py/ (data_batch_1..5, test_batch, batches.meta) from the official python release"
-    return "DIR/cifar10-jpeg/train/<class>/*.jpg and DIR/cifar10-jpeg/test/<class>/*.jpg"
-
-
-# ---------------------------------------------------------------- digits
 
 
 def _load_digits() -> Dataset:
@@ -152,9 +147,6 @@ def _make(name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te:
           classes: tuple[str, ...]) -> Dataset:
     arrays = [np.ascontiguousarray(a) for a in (x_tr, y_tr, x_te, y_te)]
     return Dataset(name, *arrays, class_names=classes, fingerprint=fingerprint_arrays(*arrays))
-
-
-# ---------------------------------------------------------------- cache
 
 
 def _cache_stem(cache_dir: str | Path, name: str, source: _Source) -> tuple[Path, str]:
@@ -238,9 +230,6 @@ def _stamp(paths: Sequence[Path]) -> tuple[tuple[str, int, int], ...]:
     return tuple((str(p), (st := p.stat()).st_size, st.st_mtime_ns) for p in paths)
 
 
-# ---------------------------------------------------------------- MNIST
-
-
 def _mnist_source(base: Path) -> _Source:
     dirs = [base / "mnist", base / "MNIST" / "raw", base]
     for d in dirs:
@@ -250,7 +239,7 @@ def _mnist_source(base: Path) -> _Source:
             return _Source(_stamp(files), lambda: _decode_mnist(files))
     raise UserError(
         f"Dataset 'mnist' needs its files: none found (looked in: {', '.join(map(str, dirs))}; "
-        f"expected {_expected_layout('mnist')}). Download MNIST there, or pass --data-dir DIR / set {DATA_ENV_VAR}"
+        f"expected {_LAYOUTS['mnist']}). Download MNIST there, or pass --data-dir DIR / set {DATA_ENV_VAR}"
     )
 
 
@@ -291,9 +280,6 @@ def _decode_mnist(files: Sequence[Path]) -> _Raw:
     return parts[0], parts[1], parts[2], parts[3], tuple(str(i) for i in range(10))
 
 
-# ---------------------------------------------------------------- CIFAR-10 (python pickle)
-
-
 class _DataOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain data and numpy arrays only; any other global is refused (no code runs)."""
 
@@ -324,12 +310,12 @@ def _cifar10_source(base: Path) -> _Source:
             missing = [n for n in CIFAR10_FILES if not (d / n).is_file()]
             if missing:
                 raise UserError(f"Dataset 'cifar10': {d} lacks {', '.join(missing)} "
-                                f"(expected {_expected_layout('cifar10')})")
+                                f"(expected {_LAYOUTS['cifar10']})")
             files = [d / n for n in (*CIFAR10_FILES, "batches.meta") if (d / n).is_file()]
             return _Source(_stamp(files), lambda: _decode_cifar10(d))
     raise UserError(
         f"Dataset 'cifar10' needs its files: none found (looked in: {', '.join(map(str, dirs))}; "
-        f"expected {_expected_layout('cifar10')}). Pass --data-dir DIR or set {DATA_ENV_VAR}"
+        f"expected {_LAYOUTS['cifar10']}). Pass --data-dir DIR or set {DATA_ENV_VAR}"
     )
 
 
@@ -363,9 +349,6 @@ def _decode_cifar10(d: Path) -> _Raw:
     return (np.concatenate([x for x, _ in train]), np.concatenate([y for _, y in train]), x_te, y_te, classes)
 
 
-# ---------------------------------------------------------------- image folders
-
-
 def _folder_source(name: str, root: Path, hint: str = "") -> _Source:
     layout = f"{root}/train/<class>/*.jpg|png and {root}/test/<class>/*"
     if not root.is_dir():
@@ -387,16 +370,20 @@ def _folder_source(name: str, root: Path, hint: str = "") -> _Source:
         raise UserError(f"Image folder {root}: no class folders in {root / 'train'}; expected {layout}")
     stamps: list[tuple[str, int, int]] = []
     labels: dict[str, list[int]] = {"train": [], "test": []}
+    exts = tuple(sorted(IMAGE_EXTENSIONS))
     for split in ("train", "test"):
         for label, cls in enumerate(class_names):
-            with os.scandir(root / split / cls) as it:
-                entries = sorted((e for e in it if e.is_file() and not e.name.startswith(".")
-                                  and os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS), key=lambda e: e.name)
-            if not entries:
-                exts = ", ".join(sorted(IMAGE_EXTENSIONS))
-                raise UserError(f"Image folder {root / split / cls} holds no images ({exts})")
-            stamps += [(e.path, (st := e.stat()).st_size, st.st_mtime_ns) for e in entries]
-            labels[split] += [label] * len(entries)
+            d = f"{root}/{split}/{cls}"  # plain strings and a C-level stat loop: this runs on every cached reload
+            try:
+                paths = [f"{d}/{n}" for n in sorted(os.listdir(d)) if n.lower().endswith(exts) and n[0] != "."]
+                stats = list(map(os.stat, paths))
+            except OSError as exc:
+                raise UserError(f"Image folder {root}: cannot read {exc.filename}: {exc.strerror}") from None
+            found = [(p, st.st_size, st.st_mtime_ns) for p, st in zip(paths, stats) if S_ISREG(st.st_mode)]
+            if not found:
+                raise UserError(f"Image folder {d} holds no images ({', '.join(exts)})")
+            stamps += found
+            labels[split] += [label] * len(found)
 
     def decode() -> _Raw:
         x = _decode_images([p for p, _, _ in stamps])

@@ -88,7 +88,7 @@ def train_or_load(
 
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / "meta.json", {"config": config, "finished": None})
-    optimizer = torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
+    optimizer = _optimizer(model, plan)
     start_epoch, history = 0, []
     checkpoint_path = run_dir / "checkpoint.pt"
     if checkpoint_path.exists():
@@ -120,6 +120,12 @@ def train_or_load(
     _write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
     checkpoint_path.unlink(missing_ok=True)
     return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
+
+
+def _optimizer(model: ResNet, plan: TrainPlan) -> torch.optim.Optimizer:
+    if plan.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
 
 
 def _new_model(defense: Defense, plan: TrainPlan) -> ResNet:

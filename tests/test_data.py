@@ -302,3 +302,11 @@ def test_folder_class_mismatch_and_size_mismatch(tmp_path: Path) -> None:
         load_dataset(f"folder:{tmp_path}")
     with pytest.raises(UserError, match="not found"):
         load_dataset(f"folder:{tmp_path / 'missing'}")
+
+
+def test_folder_unreadable_entry_names_it(tmp_path: Path) -> None:
+    for split in ("train", "test"):
+        _write_folder(tmp_path, {"a": [np.zeros((2, 2), np.uint8)]}, split)
+    (tmp_path / "test" / "a" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(UserError, match=rf"cannot read {tmp_path / 'test' / 'a' / 'gone.png'}"):
+        load_dataset(f"folder:{tmp_path}")

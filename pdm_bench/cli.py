@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import fields
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from pdm_bench.art_adapter import AttackBackend
 from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName, make_plan, resolve_cache_dir, resolve_device
 from pdm_bench.data import DATASET_NAMES, load_dataset, resolve_data_dir
-from pdm_bench.errors import UserError
+from pdm_bench.errors import UserError, unknown_name_error
 from pdm_bench.registry import defense_registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from pdm_bench.data import Dataset
+    from pdm_bench.training import TrainedModel
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -35,54 +43,119 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return options
 
 
-@cli.command()
-@click.option("--dataset", default="digits", show_default=True,
-              help=f"{', '.join(DATASET_NAMES)}, or folder:PATH for an image folder (train/<class>/*, test/<class>/*)")
-@click.option("--defense", default="pdm", show_default=True, help="A defense name; `pdm-bench list` shows them all.")
-@click.option("--defense-option", "-o", "defense_options", multiple=True, metavar="NAME=VALUE",
-              help="Set a defense option, e.g. -o q=0.7 -o rvl_weight=2 (repeatable).")
-@click.option("--preset", default=PresetName.QUICK.value, show_default=True,
-              type=click.Choice([p.value for p in PresetName]), help="quick: small ResNet for a CPU; paper: ResNet-56.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
-              help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
-              help="Decoded data and trained models [env PDM_BENCH_CACHE; default ~/.cache/pdm-bench].")
-@click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}.")
-@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal].")
-def train(
-    dataset: str,
-    defense: str,
-    defense_options: tuple[str, ...],
-    preset: str,
-    epochs: int | None,
-    seed: int,
-    data_dir: Path | None,
-    cache_dir: Path | None,
-    device: str,
-    progress: bool | None,
-) -> None:
-    """Train a defense (or reuse its cached model) and print its clean test accuracy."""
+def model_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that pick and train a model, shared by ``train`` and ``run``."""
+    options = [
+        click.option("--dataset", default="digits", show_default=True,
+                     help=f"{', '.join(DATASET_NAMES)}, or folder:PATH for an image folder (train/<class>/*, test/<class>/*)"),
+        click.option("--defense", default="pdm", show_default=True, help="A defense name; `pdm-bench list` shows them all."),
+        click.option("--defense-option", "-o", "defense_options", multiple=True, metavar="NAME=VALUE",
+                     help="Set a defense option, e.g. -o q=0.7 -o rvl_weight=2 (repeatable)."),
+        click.option("--preset", default=PresetName.QUICK.value, show_default=True,
+                     type=click.Choice([p.value for p in PresetName]), help="quick: small ResNet for a CPU; paper: ResNet-56."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
+                     help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA]."),
+        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
+                     help="Decoded data and trained models [env PDM_BENCH_CACHE; default ~/.cache/pdm-bench]."),
+        click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}."),
+        click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    dataset: str
+    defense: str
+    defense_options: tuple[str, ...]
+    preset: str
+    epochs: int | None
+    seed: int
+    data_dir: Path | None
+    cache_dir: Path | None
+    device: str
+    progress: bool | None
+
+
+def _train_or_load(choice: ModelChoice) -> tuple[Dataset, TrainedModel, torch.device]:
+    """Resolve every option (bad ones fail here, before any work), then train or reuse the model."""
     from pdm_bench.training import train_or_load  # torch-heavy imports only when needed
 
-    torch_device = resolve_device(device)
-    defense_obj = defense_registry().get(defense).from_options(_parse_options(defense_options))
-    cache = resolve_cache_dir(cache_dir)
-    data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
-    plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                     seed=seed, epochs=epochs)
+    torch_device = resolve_device(choice.device)
+    defense = defense_registry().get(choice.defense).from_options(_parse_options(choice.defense_options))
+    cache = resolve_cache_dir(choice.cache_dir)
+    data = load_dataset(choice.dataset, data_dir=resolve_data_dir(choice.data_dir), cache_dir=cache)
+    plan = make_plan(choice.preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                     seed=choice.seed, epochs=choice.epochs)
     click.echo(f"Dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, "
                f"{'x'.join(map(str, data.input_shape))}, {data.num_classes} classes")
-    click.echo(f"Defense {defense_obj.name} {defense_obj.options() or ''}".rstrip()
-               + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {seed}, device {torch_device}")
+    click.echo(f"Defense {defense.name} {defense.options() or ''}".rstrip()
+               + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {choice.seed}, device {torch_device}")
     started = time.perf_counter()
-    result = train_or_load(dataset=data, defense=defense_obj, plan=plan, cache_dir=cache, device=torch_device,
-                           progress=sys.stderr.isatty() if progress is None else progress, log=click.echo)
+    progress = sys.stderr.isatty() if choice.progress is None else choice.progress
+    result = train_or_load(dataset=data, defense=defense, plan=plan, cache_dir=cache, device=torch_device,
+                           progress=progress, log=click.echo)
     verb = "reused" if result.from_cache else f"trained in {time.perf_counter() - started:.1f} s"
     click.echo(f"Clean test accuracy: {100 * result.test_accuracy:.2f}% "
-               f"({defense_obj.name} on {data.name}, preset {plan.preset}, seed {seed}; {verb})")
+               f"({defense.name} on {data.name}, preset {plan.preset}, seed {choice.seed}; {verb})")
     click.echo(f"Model: {result.run_dir}")
+    return data, result, torch_device
+
+
+@cli.command()
+@model_options
+def train(**options: Any) -> None:
+    """Train a defense (or reuse its cached model) and print its clean test accuracy."""
+    _train_or_load(ModelChoice(**options))
+
+
+@cli.command(name="run")
+@click.option("--threat", required=True, help="gray, white or black (Appendix D).")
+@model_options
+@click.option("--attacks", default=None, help="Comma-separated subset, e.g. fgsm-0.05,cw (default: all of the threat's).")
+@click.option("--n-samples", type=int, default=None, help="Test images to attack (paper: 1000) [default: min(1000, test set)].")
+@click.option("--attack-backend", type=click.Choice([b.value for b in AttackBackend]), default=AttackBackend.TORCH.value,
+              show_default=True, help="torch: our fast C&W/JSMA ports; art: ART's originals.")
+@click.option("--targeted/--untargeted", default=False, show_default=True,
+              help="Untargeted as the paper; --targeted uses seeded random targets (Pang's code).")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pdm-results"),
+              show_default=True, help="results.csv and cached adversarial examples.")
+@click.option("--bandwidth", type=float, default=None, help="Fixed KDE bandwidth [default: chosen on clean training embeddings].")
+@click.option("--kde-points", type=click.IntRange(min=1), default=1000, show_default=True, help="Kernel points per class.")
+@click.option("--resiliency/--no-resiliency", default=True, show_default=True, help="Accuracy under FGSM/BIM over an eps grid.")
+def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_backend: str, targeted: bool,
+                results_dir: Path, bandwidth: float | None, kde_points: int, resiliency: bool, **options: Any) -> None:
+    """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
+    from pdm_bench.results import ResultsStore
+    from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
+    from pdm_bench.threat_models.gray import GRAY_ATTACKS, gray_table, parse_attack, run_gray
+
+    try:
+        threat_model = ThreatModel(threat)
+    except ValueError:
+        raise unknown_name_error("threat model", threat, [t.value for t in ThreatModel]) from None
+    if threat_model is not ThreatModel.GRAY:
+        raise UserError(f"Threat model '{threat}' is not implemented yet; available now: gray")
+    names = [parse_attack(a.strip()).name for a in attacks.split(",") if a.strip()] if attacks else list(GRAY_ATTACKS)
+    if bandwidth is not None and not bandwidth > 0:
+        raise UserError(f"--bandwidth must be > 0, got {bandwidth}")
+    store = ResultsStore(results_dir)
+    store.rows()  # refuse a foreign or malformed results file before any work
+    data, trained, device = _train_or_load(ModelChoice(**options))
+    indices = sample_indices(data, n_samples, options["seed"])
+    kde = fit_detector(trained, data, device=device, points_per_class=kde_points, bandwidth=bandwidth, seed=options["seed"])
+    click.echo(f"Detector: Gaussian KDE, {kde_points} points per class, bandwidth {kde.bandwidth:.4g}"
+               f" ({'fixed' if bandwidth else 'max leave-one-out likelihood on clean training embeddings'})")
+    evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"],
+                            settings={"targeted": targeted, "backend": attack_backend}, log=click.echo)
+    rows = run_gray(evaluation, names, backend=AttackBackend(attack_backend), targeted=targeted, resiliency=resiliency)
+    click.echo(f"\nGray-box results ({trained.defense.name} on {data.name}, N={len(indices)}, run {evaluation.run_id}):")
+    click.echo(gray_table(rows, names))
+    click.echo(f"Rows in {store.path}")
 
 
 @cli.command(name="list")

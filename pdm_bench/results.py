@@ -59,9 +59,9 @@ class ResultsStore:
             raise UserError(f"Cannot read results file {self.path}: {error}") from None
         return list(_parse(text, self.path))
 
-    def has(self, run_id: str, attack: str) -> bool:
-        """Whether rows of ``attack`` in run ``run_id`` are already stored (so a rerun skips them)."""
-        return any(r.run_id == run_id and r.attack == attack for r in self.rows())
+    def has(self, run_id: str, attack: str, metric: str) -> bool:
+        """Whether ``metric`` of ``attack`` in run ``run_id`` is already stored (so a rerun skips it)."""
+        return any(r.run_id == run_id and r.attack == attack and r.metric == metric for r in self.rows())
 
     def append(self, rows: Iterable[ResultRow]) -> None:
         """Add rows atomically (old content + new rows, then rename over the file)."""

@@ -71,3 +71,24 @@ def test_console_script_runs_as_a_process(tmp_path: Path) -> None:
                           env={"PATH": "", "PDM_BENCH_CACHE": str(tmp_path)}, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == (
         "Error: Unknown defense 'pmd'. Did you mean: pdm? Available: baseline, pdm, rce, siamese_rvl")
+
+
+def _write_idx(path: Path, magic: int, dims: tuple[int, ...], payload: bytes) -> None:
+    import gzip
+    import struct
+
+    header = struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + payload)
+
+
+def test_truncated_mnist_file_is_named_in_one_line(cli: Callable[..., CliResult], tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for prefix, n in (("train", 20), ("t10k", 10)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", 2051, (n, 28, 28), bytes(n * 784))
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", 2049, (n,), bytes(range(10)) * (n // 10))
+    _write_idx(folder / "t10k-images-idx3-ubyte.gz", 2051, (10, 28, 28), bytes(5 * 784))  # half the images missing
+    result = cli("train", "--dataset", "mnist", "--data-dir", str(tmp_path))
+    assert result.code == 2 and result.err.count("\n") == 1
+    assert "t10k-images-idx3-ubyte.gz" in result.err and "Traceback" not in result.err

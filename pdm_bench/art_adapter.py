@@ -1,4 +1,5 @@
-"""The one module that builds ART objects: a trained defense as an ART ``PyTorchClassifier``."""
+"""The one module that builds ART objects: a trained defense as an ART ``PyTorchClassifier``, the attacks, and the
+black-box distillation pieces (``CopycatCNN``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
 from art.attacks.evasion import BasicIterativeMethod, CarliniL2Method, FastGradientMethod, SaliencyMapMethod
+from art.attacks.extraction import CopycatCNN
 from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.models import ResNet
@@ -48,7 +50,11 @@ def art_embeddings(classifier: PyTorchClassifier, x: np.ndarray, *, batch_size: 
 
 
 class AttackBackend(str, Enum):
-    """``torch``: our batched ports where ART's are slow or weak (C&W, JSMA); ``art``: ART's originals."""
+    """``torch``: our batched ports where ART's are slow or weak (C&W, JSMA); ``art``: ART's originals.
+
+    With ``torch``, a C&W spec's ``solver`` picks the algorithm: ``adam`` (Carlini and Wagner's original, as in
+    cleverhans) or ``line-search`` (ART's ``CarliniL2Method`` algorithm, ported).
+    """
 
     TORCH = "torch"
     ART = "art"
@@ -77,14 +83,96 @@ def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: At
             return CarliniL2Method(classifier, confidence=p["confidence"], targeted=targeted,
                                    binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
                                    batch_size=batch_size, verbose=False)
-        from pdm_bench.threat_models.attacks import CarliniWagnerL2
+        from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch
 
-        return CarliniWagnerL2(classifier, confidence=p["confidence"], targeted=targeted,
-                               binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size)
+        solver = CarliniWagnerL2 if p.get("solver", "adam") == "adam" else CarliniWagnerL2LineSearch
+        return solver(classifier, confidence=p["confidence"], targeted=targeted,
+                      binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size)
     if spec.family == "jsma":  # always targeted (random targets when none are given), as in ART
         if backend is AttackBackend.ART:
             return SaliencyMapMethod(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=False)
-        from pdm_bench.threat_models.attacks import SaliencyMapTorch
+        from pdm_bench.threat_models.jsma import SaliencyMapTorch
 
         return SaliencyMapTorch(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size)
     raise ValueError(f"expected an attack family fgsm, bim, cw or jsma, got {spec.family!r}")
+
+
+def build_cw_attack(classifier: PyTorchClassifier, *, kde: Any = None, log_tau: torch.Tensor | None = None,
+                    threshold: str = "median", **params: Any) -> EvasionAttack:
+    """Targeted C&W L2 (Adam, the original algorithm) with ``params``; with ``kde``: C&W-wb against that KDE."""
+    from pdm_bench.threat_models.attacks import CarliniWagnerL2
+
+    if kde is None:
+        return CarliniWagnerL2(classifier, targeted=True, **params)
+    from pdm_bench.threat_models.white import CarliniWagnerKDE
+
+    return CarliniWagnerKDE(classifier, kde=kde, log_tau=log_tau, threshold=threshold, **params)  # type: ignore[arg-type]
+
+
+class ProbabilityOutput(torch.nn.Module):
+    """A victim as the black-box attacker queries it: the softmax of the logits it predicts with (-z for RCE)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+class ScheduledCopycatCNN(CopycatCNN):
+    """ART's ``CopycatCNN`` with what distillation needs and its ``extract`` lacks; the rest is ART's.
+
+    ``extract`` calls ``fit(x, y, batch_size, nb_epochs)`` and nothing else, so the proxy could not train with the
+    target's schedule (step learning rate: ``milestones``, ``gamma``), a final batch of one image breaks BatchNorm
+    (no ``drop_last``), and the queries (``_select_data``) and batch order come from the global, unseeded RNGs. This
+    subclass passes a ``MultiStepLR`` and ``drop_last=True`` to ``fit`` and seeds both; it still queries the victim
+    through ART (``_query_label``, probabilities with ``use_probability=True``) and fits ART's thieved classifier.
+    """
+
+    attack_params = CopycatCNN.attack_params + ["milestones", "gamma", "seed"]
+
+    def __init__(self, classifier: PyTorchClassifier, *, milestones: tuple[int, ...] = (), gamma: float = 0.1,
+                 seed: int = 0, verbose: bool = False, **kwargs: Any) -> None:
+        super().__init__(classifier, **kwargs)
+        self.milestones, self.gamma, self.seed, self.verbose = tuple(milestones), gamma, seed, verbose
+
+    def _select_data(self, x: np.ndarray) -> np.ndarray:
+        """``nb_stolen`` inputs, a seeded choice (all of them, in order, when ``nb_stolen >= len(x)``)."""
+        if self.nb_stolen >= len(x):
+            return x.astype(np.float32)
+        chosen = np.sort(np.random.default_rng(self.seed).choice(len(x), self.nb_stolen, replace=False))
+        return x[chosen].astype(np.float32)
+
+    def extract(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> PyTorchClassifier:
+        thieved = kwargs.get("thieved_classifier")
+        if not isinstance(thieved, PyTorchClassifier) or thieved.optimizer is None:
+            raise ValueError(f"expected a thieved PyTorchClassifier with an optimizer, got {type(thieved).__name__}")
+        selected = self._select_data(x)
+        soft_labels = self._query_label(selected)
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(thieved.optimizer, milestones=list(self.milestones),
+                                                         gamma=self.gamma)
+        with torch.random.fork_rng(devices=[]):  # the DataLoader's shuffling draws from torch's CPU generator
+            torch.manual_seed(self.seed)
+            thieved.fit(selected, soft_labels, batch_size=self.batch_size_fit, nb_epochs=self.nb_epochs,
+                        drop_last=len(selected) > self.batch_size_fit, scheduler=scheduler, verbose=self.verbose)
+        thieved.model.eval()
+        return thieved
+
+
+def build_copycat(victim: torch.nn.Module, proxy: torch.nn.Module, *, optimizer: torch.optim.Optimizer,
+                  input_shape: tuple[int, int, int], nb_classes: int, device: torch.device, epochs: int, batch_size: int,
+                  milestones: tuple[int, ...], gamma: float, seed: int, nb_stolen: int, verbose: bool = False
+                  ) -> tuple[ScheduledCopycatCNN, PyTorchClassifier]:
+    """The distillation pieces: a copycat attack querying ``victim``'s probabilities, and ``proxy`` as ART's
+    thieved classifier (cross-entropy against those probabilities, ``optimizer``, pixels in [0, 1])."""
+    device_type = "gpu" if device.type == "cuda" else "cpu"
+    victim.eval()
+    queried = PyTorchClassifier(model=ProbabilityOutput(victim), loss=torch.nn.CrossEntropyLoss(), input_shape=input_shape,
+                                nb_classes=nb_classes, clip_values=(0.0, 1.0), device_type=device_type)
+    thieved = PyTorchClassifier(model=proxy, loss=torch.nn.CrossEntropyLoss(), optimizer=optimizer, input_shape=input_shape,
+                                nb_classes=nb_classes, clip_values=(0.0, 1.0), device_type=device_type)
+    attack = ScheduledCopycatCNN(queried, batch_size_fit=batch_size, batch_size_query=512, nb_epochs=epochs,
+                                 nb_stolen=nb_stolen, use_probability=True, milestones=milestones, gamma=gamma, seed=seed,
+                                 verbose=verbose)
+    return attack, thieved

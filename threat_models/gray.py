@@ -25,8 +25,10 @@ GRAY_ATTACKS: dict[str, AttackSpec] = {
         AttackSpec(name="fgsm-0.1", family="fgsm", params={"eps": 0.1}),
         AttackSpec(name="bim-0.05", family="bim", params={"eps": 0.05, "max_iter": 10}),
         AttackSpec(name="bim-0.1", family="bim", params={"eps": 0.1, "max_iter": 10}),
-        AttackSpec(name="cw", family="cw", params={"confidence": 0.0, "binary_search_steps": 9, "max_iter": 10}),
-        AttackSpec(name="cw-hc", family="cw", params={"confidence": 10.0, "binary_search_steps": 9, "max_iter": 1000}),
+        AttackSpec(name="cw", family="cw",
+                   params={"confidence": 0.0, "binary_search_steps": 9, "max_iter": 10, "solver": "line-search"}),
+        AttackSpec(name="cw-hc", family="cw",
+                   params={"confidence": 10.0, "binary_search_steps": 9, "max_iter": 1000, "solver": "adam"}),
         AttackSpec(name="jsma", family="jsma", params={"theta": 1.0, "gamma": 0.1}),
     )
 }
@@ -58,7 +60,7 @@ def attack_targets(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarra
 
 
 def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend, targeted: bool,
-             resiliency: bool = True, batch_size: int = 128) -> list[ResultRow]:
+             resiliency: bool = True, batch_size: int = 512) -> list[ResultRow]:
     """Run the attacks not yet stored for this run; return this run's rows (old and new)."""
     specs = [parse_attack(name) for name in attack_names]
     data, model = ev.dataset, ev.trained.model

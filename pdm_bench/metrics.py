@@ -59,7 +59,7 @@ def success_rate(y_true: np.ndarray, clean_pred: np.ndarray, adv_pred: np.ndarra
 
 def distortions(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
     """Per-image L2, Linf and L0 (changed input values) of ``x_adv - x``, on the [0, 1] pixel scale."""
-    delta = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), -1)
+    delta = (np.asarray(x_adv, np.float64) - np.asarray(x, np.float64)).reshape(len(x), int(np.prod(np.shape(x)[1:])))
     return {
         "l2": np.linalg.norm(delta, axis=1),
         "linf": np.abs(delta).max(axis=1, initial=0.0),

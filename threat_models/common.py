@@ -68,10 +68,13 @@ def score(trained: TrainedModel, kde: GaussianKDE, x: np.ndarray, *, device: tor
     return predictions.numpy(), kde.log_density(embeddings, predictions).numpy()
 
 
-def sample_indices(dataset: Dataset, n_samples: int | None, seed: int) -> np.ndarray:
-    """N test images drawn without replacement (all of them, in order, when N is the test set's size)."""
+def sample_indices(dataset: Dataset, n_samples: int | None, seed: int, *, default: int = 1000) -> np.ndarray:
+    """N test images drawn without replacement (all of them, in order, when N is the test set's size).
+
+    ``n_samples=None`` takes ``min(default, test set size)`` (the preset's ``attack_samples``).
+    """
     total = len(dataset.y_test)
-    n = min(1000, total) if n_samples is None else n_samples
+    n = min(default, total) if n_samples is None else n_samples
     if not 0 < n <= total:
         raise UserError(f"--n-samples must be between 1 and the test set's size {total} ({dataset.name}), got {n}")
     return np.arange(total) if n == total else np.sort(np.random.default_rng(seed).choice(total, n, replace=False))

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pdm_bench.art_adapter import AttackBackend
-from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName, make_plan, resolve_cache_dir, resolve_device
+from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName, get_preset, make_plan, resolve_cache_dir, resolve_device
 from pdm_bench.data import DATASET_NAMES, load_dataset, resolve_data_dir
 from pdm_bench.errors import UserError, unknown_name_error
 from pdm_bench.registry import defense_registry
+from pdm_bench.threat_options import WhiteBoxOptions, white_box_options
 
 if TYPE_CHECKING:
     import torch
@@ -96,7 +97,7 @@ def _train_or_load(choice: ModelChoice) -> tuple[Dataset, TrainedModel, torch.de
     click.echo(f"Defense {defense.name} {defense.options() or ''}".rstrip()
                + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {choice.seed}, device {torch_device}")
     started = time.perf_counter()
-    progress = sys.stderr.isatty() if choice.progress is None else choice.progress
+    progress = _progress(choice.progress)
     result = train_or_load(dataset=data, defense=defense, plan=plan, cache_dir=cache, device=torch_device,
                            progress=progress, log=click.echo)
     verb = "reused" if result.from_cache else f"trained in {time.perf_counter() - started:.1f} s"
@@ -104,6 +105,10 @@ def _train_or_load(choice: ModelChoice) -> tuple[Dataset, TrainedModel, torch.de
                f"({defense.name} on {data.name}, preset {plan.preset}, seed {choice.seed}; {verb})")
     click.echo(f"Model: {result.run_dir}")
     return data, result, torch_device
+
+
+def _progress(flag: bool | None) -> bool:
+    return sys.stderr.isatty() if flag is None else flag
 
 
 @cli.command()
@@ -117,7 +122,7 @@ def train(**options: Any) -> None:
 @click.option("--threat", required=True, help="gray, white or black (Appendix D).")
 @model_options
 @click.option("--attacks", default=None, help="Comma-separated subset, e.g. fgsm-0.05,cw (default: all of the threat's).")
-@click.option("--n-samples", type=int, default=None, help="Test images to attack (paper: 1000) [default: min(1000, test set)].")
+@click.option("--n-samples", type=int, default=None, help="Test images to attack (paper: 1000) [default: the preset's, quick 200, paper 1000].")
 @click.option("--attack-backend", type=click.Choice([b.value for b in AttackBackend]), default=AttackBackend.TORCH.value,
               show_default=True, help="torch: our fast C&W/JSMA ports; art: ART's originals.")
 @click.option("--targeted/--untargeted", default=False, show_default=True,
@@ -127,6 +132,7 @@ def train(**options: Any) -> None:
 @click.option("--bandwidth", type=float, default=None, help="Fixed KDE bandwidth [default: chosen on clean training embeddings].")
 @click.option("--kde-points", type=click.IntRange(min=1), default=1000, show_default=True, help="Kernel points per class.")
 @click.option("--resiliency/--no-resiliency", default=True, show_default=True, help="Accuracy under FGSM/BIM over an eps grid.")
+@white_box_options
 def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_backend: str, targeted: bool,
                 results_dir: Path, bandwidth: float | None, kde_points: int, resiliency: bool, **options: Any) -> None:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
@@ -138,23 +144,32 @@ def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_
         threat_model = ThreatModel(threat)
     except ValueError:
         raise unknown_name_error("threat model", threat, [t.value for t in ThreatModel]) from None
-    if threat_model is not ThreatModel.GRAY:
-        raise UserError(f"Threat model '{threat}' is not implemented yet; available now: gray")
-    names = [parse_attack(a.strip()).name for a in attacks.split(",") if a.strip()] if attacks else list(GRAY_ATTACKS)
+    white = WhiteBoxOptions.pop(options)
+    if threat_model is ThreatModel.GRAY:
+        names = [parse_attack(a.strip()).name for a in attacks.split(",") if a.strip()] if attacks else list(GRAY_ATTACKS)
+    elif attacks:
+        raise UserError(f"--attacks selects gray-box attacks; the {threat} threat model runs C&W-wb and plain C&W, got '{attacks}'")
+    attack_run = white.runner(threat_model)  # a bad budget fails here, before any work
     if bandwidth is not None and not bandwidth > 0:
         raise UserError(f"--bandwidth must be > 0, got {bandwidth}")
     store = ResultsStore(results_dir)
     store.rows()  # refuse a foreign or malformed results file before any work
     data, trained, device = _train_or_load(ModelChoice(**options))
-    indices = sample_indices(data, n_samples, options["seed"])
+    indices = sample_indices(data, n_samples, options["seed"], default=get_preset(options["preset"]).attack_samples)
     kde = fit_detector(trained, data, device=device, points_per_class=kde_points, bandwidth=bandwidth, seed=options["seed"])
     click.echo(f"Detector: Gaussian KDE, {kde_points} points per class, bandwidth {kde.bandwidth:.4g}"
                f" ({'fixed' if bandwidth else 'max leave-one-out likelihood on clean training embeddings'})")
-    evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"],
-                            settings={"targeted": targeted, "backend": attack_backend}, log=click.echo)
-    rows = run_gray(evaluation, names, backend=AttackBackend(attack_backend), targeted=targeted, resiliency=resiliency)
-    click.echo(f"\nGray-box results ({trained.defense.name} on {data.name}, N={len(indices)}, run {evaluation.run_id}):")
-    click.echo(gray_table(rows, names))
+    if threat_model is ThreatModel.GRAY:
+        evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"],
+                                settings={"targeted": targeted, "backend": attack_backend}, log=click.echo)
+        rows = run_gray(evaluation, names, backend=AttackBackend(attack_backend), targeted=targeted, resiliency=resiliency)
+        table = gray_table(rows, names)
+    else:
+        evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"], log=click.echo)
+        rows, table = attack_run(evaluation, progress=_progress(options["progress"]))
+    click.echo(f"\n{threat_model.value.capitalize()}-box results ({trained.defense.name} on {data.name}, N={len(indices)}, "
+               f"run {evaluation.run_id}):")
+    click.echo(table)
     click.echo(f"Rows in {store.path}")
 
 
@@ -180,6 +195,15 @@ def list_command() -> None:
     for preset in PRESETS.values():
         click.echo(f"  {preset.name:<14} {preset.description}")
     click.echo(f"Devices: {', '.join(DEVICE_CHOICES)} (auto picks cuda when present)")
+    from pdm_bench.threat_models.common import ThreatModel
+    from pdm_bench.threat_models.gray import GRAY_ATTACKS
+
+    click.echo(f"Threat models: {', '.join(t.value for t in ThreatModel)}")
+    click.echo("Gray-box attacks (--attacks):")
+    for spec in GRAY_ATTACKS.values():
+        settings = ", ".join(f"{k}={v}" for k, v in spec.params.items())
+        click.echo(f"  {spec.name:<14} {spec.family}: {settings}")
+    click.echo(f"  {'fgsm-EPS':<14} any eps in (0, 1]; also bim-EPS")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

@@ -35,6 +35,9 @@ def test_auc_and_pair_protocol_by_hand() -> None:
     assert success_rate(y, clean, adv) == pytest.approx(2 / 3)
     sizes = distortions(np.zeros((1, 1, 2, 2)), np.array([[[[0.3, 0.0], [0.4, 0.0]]]]))
     assert sizes["l2"][0] == pytest.approx(0.5) and sizes["linf"][0] == pytest.approx(0.4) and sizes["l0"][0] == 2
+    # an attack that never succeeds (e.g. C&W-hc on an RCE model) keeps no pairs: NaN, not a crash
+    assert all(len(v) == 0 for v in distortions(np.zeros((0, 1, 8, 8)), np.zeros((0, 1, 8, 8))).values())
+    assert np.isnan(detection_auc(np.array([]), np.array([])).value)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +53,7 @@ def test_gray_rows_and_a_rerun_redoes_nothing(evaluation_parts: tuple[Any, Any, 
     data, trained, kde = evaluation_parts
     store = ResultsStore(tmp_path)
     ev = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 120, 0), store, CPU, 0, log=lambda _: None)
-    rows = run_gray(ev, ["fgsm-0.1", "cw"], backend=AttackBackend.ART, targeted=False, resiliency=False)
+    rows = run_gray(ev, ["fgsm-0.1", "cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
     got = {(r.attack, r.metric): r.value for r in rows}
     for attack in ("fgsm-0.1", "cw"):
         assert 0.0 <= got[(attack, "auc_low")] <= got[(attack, "auc")] <= got[(attack, "auc_high")] <= 1.0
@@ -61,11 +64,11 @@ def test_gray_rows_and_a_rerun_redoes_nothing(evaluation_parts: tuple[Any, Any, 
     assert len(adversarial_files) == 2
     mtimes = [f.stat().st_mtime_ns for f in adversarial_files]
     before = len(store.rows())
-    run_gray(ev, ["fgsm-0.1", "cw"], backend=AttackBackend.ART, targeted=False, resiliency=False)
+    run_gray(ev, ["fgsm-0.1", "cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
     assert len(store.rows()) == before and [f.stat().st_mtime_ns for f in adversarial_files] == mtimes
     # Results lost but adversarials kept (a kill between the two writes): they are reused, not regenerated.
     (tmp_path / "results.csv").unlink()
-    again = run_gray(ev, ["fgsm-0.1"], backend=AttackBackend.ART, targeted=False, resiliency=False)
+    again = run_gray(ev, ["fgsm-0.1"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
     assert [f.stat().st_mtime_ns for f in adversarial_files] == mtimes
     assert {(r.attack, r.metric): r.value for r in again}[("fgsm-0.1", "auc")] == got[("fgsm-0.1", "auc")]
 
@@ -101,6 +104,11 @@ def test_attack_names_and_eps_validation() -> None:
         (["--threat", "gray", "--n-samples", "0", "--epochs", "1"], "Error: --n-samples must be between 1 and the test set's size 360 (digits), got 0"),
         (["--threat", "gray", "--n-samples", "5000", "--epochs", "1"], "Error: --n-samples must be between 1 and the test set's size 360"),
         (["--threat", "gray", "--bandwidth", "-1"], "Error: --bandwidth must be > 0, got -1.0"),
+        (["--threat", "white", "--cw-iterations", "0"], "Error: --cw-iterations must be a positive integer, got 0"),
+        (["--threat", "black", "--cw-initial-const", "0"], "Error: --cw-initial-const must be a positive number, got 0.0"),
+        (["--threat", "black", "--proxy-epochs", "-3"], "Error: --proxy-epochs must be a positive integer, got -3"),
+        (["--threat", "white", "--wb-kde-points", "0"], "Error: --wb-kde-points must be a positive integer, got 0"),
+        (["--threat", "white", "--attacks", "cw"], "Error: --attacks selects gray-box attacks; the white threat model"),
     ],
 )
 def test_run_bad_input_is_one_line(cli: Callable[..., CliResult], args: list[str], message: str, tmp_path: Path) -> None:

@@ -1,0 +1,122 @@
+"""White-box threat model: the C&W-wb penalty, its effect against plain C&W, rows, resume, and bad input."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pdm_bench.art_adapter import build_cw_attack, to_art_classifier
+from pdm_bench.config import make_plan
+from pdm_bench.data import load_dataset
+from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.errors import UserError
+from pdm_bench.results import ResultsStore
+from pdm_bench.threat_models.attacks import torch_model
+from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
+from pdm_bench.threat_models.white import WhiteBudget, class_log_thresholds, run_white, white_table
+from pdm_bench.training import train_or_load
+
+CPU = torch.device("cpu")
+# Step size 5e-2: at these few steps cleverhans's 5e-3 cannot move digits' saturated pixels.
+TINY = (WhiteBudget(max_iter=100, binary_search_steps=3, initial_const=1.0, learning_rate=5e-2),)
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Any]:
+    data = load_dataset("digits")
+    plan = make_plan("quick", dataset="digits", input_shape=data.input_shape, num_classes=10, epochs=10)
+    trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=tmp_path_factory.mktemp("c"),
+                            device=CPU, progress=False, log=lambda _: None)
+    return data, trained, fit_detector(trained, data, device=CPU)
+
+
+def evaluation(parts: tuple[Any, Any, Any], directory: Path, n: int = 16, model: Any = None) -> Evaluation:
+    data, trained, kde = parts
+    if model is not None:
+        trained = copy.copy(trained)
+        object.__setattr__(trained, "model", model)
+    return Evaluation(data, trained, ThreatModel.WHITE, kde, sample_indices(data, n, 0), ResultsStore(directory), CPU, 0,
+                      log=lambda _: None)
+
+
+def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, Any, Any]) -> None:
+    data, trained, kde = parts
+    model = copy.deepcopy(trained.model)
+    model.logit_sign.fill_(-1.0)  # an RCE model predicts with -z: the attack must see those logits
+    x = torch.as_tensor(data.x_test[:20])
+    labels = torch.as_tensor(data.y_test[:20])
+    attack_kde = kde.subset(100, seed=0)
+    with torch.no_grad():
+        z, _ = model.embed_and_logits(x)
+        density = attack_kde.log_density(z, labels)
+    log_tau = torch.full((10,), float(density.median()))
+    attack = build_cw_attack(to_art_classifier(model, input_shape=data.input_shape, nb_classes=10, device=CPU),
+                             kde=attack_kde, log_tau=log_tau)
+    attack._model = torch_model(attack.estimator)
+    with torch.no_grad():
+        logits, extra = attack.penalty(x, labels)
+    assert torch.allclose(logits, model(x))
+    assert torch.equal(extra == 0, density >= log_tau[labels])
+    assert torch.allclose(extra[density < log_tau[labels]], (log_tau[labels] - density)[density < log_tau[labels]])
+    # the thresholds: median density of each class's training points, own kernel points left out
+    taus = class_log_thresholds(attack_kde, kde)
+    assert taus.shape == (10,) and torch.isfinite(taus).all()
+    # Carlini's threshold, the clean image's own density: per image, so early abort is off
+    clean = build_cw_attack(attack.estimator, kde=attack_kde, threshold="clean", max_iter=5, binary_search_steps=1)
+    assert clean.abort_early is False
+    assert clean.generate(x[:4].numpy(), y=np.eye(10)[(data.y_test[:4] + 1) % 10]).shape == (4, *data.input_shape)
+
+
+def test_white_rows_adaptivity_and_a_rerun_redoes_nothing(parts: tuple[Any, Any, Any], tmp_path: Path) -> None:
+    ev = evaluation(parts, tmp_path)
+    rows = run_white(ev, schedule=TINY)
+    got = {(r.attack, r.metric): r.value for r in rows}
+    assert got[("cw-wb", "success_rate")] > 0.5 and got[("cw-wb", "pairs_kept")] > 5
+    assert 0.0 <= got[("cw-wb", "auc_low")] <= got[("cw-wb", "auc")] <= got[("cw-wb", "auc_high")] <= 1.0
+    assert got[("cw-wb", "budget_iterations")] == 100 and got[("cw-wb", "budget_search_steps")] == 3
+    assert got[("cw-wb", "distortion")] > 0 and ("cw-wb@1", "auc") in got
+    # adaptive in fact: the density term lifts the adversarials' log-density and plain C&W is the one detected
+    assert got[("cw-wb", "log_density_mean")] > got[("cw", "log_density_mean")]
+    assert got[("cw", "auc")] > got[("cw-wb", "auc")] and got[("cw", "auc")] > 0.7
+    assert "adaptivity check" in white_table(rows)
+    per_image = np.load(next((tmp_path / "distortions").iterdir()))
+    assert per_image.shape == (16,) and np.nanmean(per_image) == pytest.approx(got[("cw-wb", "distortion")])
+    files = sorted((tmp_path / "adversarial").iterdir())
+    assert len(files) == 3  # stage 1, C&W-wb, plain C&W
+    mtimes, before = [f.stat().st_mtime_ns for f in files], len(ev.results.rows())
+    assert len(run_white(ev, schedule=TINY)) == len(rows) and len(ev.results.rows()) == before
+    # results lost, images kept (a kill between the two writes): the images are reused, the numbers are the same
+    (tmp_path / "results.csv").unlink()
+    again = {(r.attack, r.metric): r.value for r in run_white(ev, schedule=TINY)}
+    assert [f.stat().st_mtime_ns for f in files] == mtimes and again[("cw-wb", "auc")] == got[("cw-wb", "auc")]
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [
+        ({"max_iter": 0}, "C&W-wb budget: expected a positive integer max_iter, got 0"),
+        ({"binary_search_steps": -2}, "C&W-wb budget: expected a positive integer binary_search_steps, got -2"),
+        ({"initial_const": 0.0}, "C&W-wb budget: expected a positive initial_const, got 0.0"),
+        ({"learning_rate": float("nan")}, "C&W-wb budget: expected a positive learning_rate, got nan"),
+    ],
+)
+def test_a_budget_that_is_not_positive_is_a_one_line_error(budget: dict[str, Any], message: str) -> None:
+    with pytest.raises(UserError) as error:
+        WhiteBudget(**budget)
+    assert str(error.value) == message
+
+
+def test_bad_schedule_and_no_embedding_are_one_line_errors(parts: tuple[Any, Any, Any], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^C&W-wb budget: expected a non-empty sequence of WhiteBudget, got \(\)$"):
+        run_white(evaluation(parts, tmp_path), schedule=())
+    plain = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    with pytest.raises(UserError) as error:
+        run_white(evaluation(parts, tmp_path, model=plain), schedule=TINY)
+    assert str(error.value).startswith("Threat model 'white' runs the KDE detector on the model's embedding: expected")
+    assert str(error.value).endswith("got Sequential") and "\n" not in str(error.value)
+    assert not (tmp_path / "results.csv").exists()

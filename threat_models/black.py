@@ -1,0 +1,221 @@
+"""Black-box threat model (Section 4.4): a distilled proxy, C&W-wb on it, transferred to the defended model.
+
+The attacker has the training inputs and the defended model's probabilities on them. It distils a proxy (quick
+preset: ResNet-8, paper preset: ResNet-32, as Pang et al.) through ART's ``CopycatCNN`` with ``use_probability=True``
+(``pdm_bench.art_adapter.ScheduledCopycatCNN``: ART's, plus the target's learning-rate schedule, ``drop_last`` and
+seeds, which ART's ``extract`` cannot pass), fits its own KDE on the proxy's embeddings, runs C&W-wb on the proxy
+(raising the budget until its own KDE is breached, as in the white box), and the adversarials are scored by the
+*target's* KDE under the target's predictions.
+
+The proxy trains with the target's optimiser and schedule (its ``TrainPlan`` with the proxy's depth), without
+crop/flip augmentation (the soft labels are the victim's answers on those exact inputs), and is cached like a trained
+model under ``<cache>/proxies/`` keyed by the target's key and the proxy's plan. A distillation killed halfway
+starts over (ART's ``fit`` has no checkpoints).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdm_bench.art_adapter import build_copycat
+from pdm_bench.config import TrainPlan, config_key, make_plan
+from pdm_bench.data import Dataset
+from pdm_bench.errors import UserError
+from pdm_bench.kde import GaussianKDE
+from pdm_bench.models import ModelSpec, ResNet, build_model
+from pdm_bench.results import ResultRow
+from pdm_bench.threat_models.common import Evaluation, ThreatModel, embed_and_predict, kernel_indices
+from pdm_bench.threat_models.gray import attack_targets
+from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
+                                           budget_rows, check_schedule, class_log_thresholds, judge_images, mean_or_nan,
+                                           require_embedding, scored_rows, search_budget, start_run)
+from pdm_bench.training import _atomic_save, _optimizer, _write_json, predict_logits
+
+PROXY_FORMAT_VERSION = 1
+PROXY_DEPTH: dict[str, int] = {"quick": 8, "paper": 32}  # Pang et al. and the paper: a ResNet-32 proxy
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """A distilled (or reused) proxy of a target model, and how closely it follows the target."""
+
+    model: ResNet
+    plan: TrainPlan
+    key: str
+    run_dir: Path
+    agreement: float  # share of test images where proxy and target predict the same class
+    accuracy: float  # the proxy's clean test accuracy
+    from_cache: bool
+    seconds: float
+
+
+def proxy_plan(ev: Evaluation, *, depth: int | None = None, epochs: int | None = None) -> TrainPlan:
+    """The target's preset and seed resolved for the proxy: its depth (default ``PROXY_DEPTH``) and epochs."""
+    plan = ev.trained.plan
+    for name, value in (("proxy depth", depth), ("proxy epochs", epochs)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise UserError(f"expected a positive integer {name}, got {value!r}")
+    data = ev.dataset
+    base = make_plan(plan.preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                     seed=plan.seed + 1000, epochs=epochs if epochs is not None else plan.epochs)
+    try:
+        spec = ModelSpec(depth=depth or PROXY_DEPTH.get(plan.preset, 32), width=plan.model.width,
+                         in_channels=plan.model.in_channels, num_classes=plan.model.num_classes)
+    except ValueError as error:
+        raise UserError(f"Bad proxy: {error}") from None
+    return replace(base, model=spec, augment=False)  # the copycat fits on the queried inputs as they are
+
+
+def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, epochs: int | None = None,
+                 progress: bool = False) -> Proxy:
+    """Reuse the cached proxy of this target and plan, or distil it from the target's softmax on the training inputs."""
+    data, target = ev.dataset, ev.trained
+    plan = proxy_plan(ev, depth=depth, epochs=epochs)
+    config = json.loads(json.dumps({"format": PROXY_FORMAT_VERSION, "target": target.key, "plan": plan.as_dict(),
+                                    "queries": "all training inputs", "outputs": "softmax"}, default=str))
+    key = config_key(config)
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.name}-{target.defense.name}-{plan.preset}-r{plan.model.depth}")[-80:]
+    run_dir = cache_dir / "proxies" / f"{slug}-{key}"
+    with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
+        torch.manual_seed(plan.seed)
+        model = build_model(plan.model).to(ev.device)
+    meta = _read_json(run_dir / "meta.json")
+    started = time.perf_counter()
+    from_cache = bool(meta and meta.get("config") == config and meta.get("finished") and (run_dir / "model.pt").exists())
+    if from_cache:
+        try:
+            model.load_state_dict(torch.load(run_dir / "model.pt", map_location=ev.device, weights_only=True)["weights"])
+        except (RuntimeError, KeyError, EOFError, OSError, ValueError):
+            from_cache = False  # a torn or foreign file: distil again
+            ev.log(f"proxy: cached weights in {run_dir} unreadable, distilling again")
+    if from_cache:
+        ev.log(f"proxy: reusing {run_dir.name}")
+    else:
+        ev.log(f"proxy: distilling ResNet-{plan.model.depth} from the target's probabilities on {len(data.x_train)} "
+               f"training inputs ({plan.epochs} epochs) ...")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(run_dir / "meta.json", {"config": config, "finished": None})
+        copycat, thieved = build_copycat(
+            target.model, model, optimizer=_optimizer(model, plan), input_shape=data.input_shape,
+            nb_classes=data.num_classes, device=ev.device, epochs=plan.epochs, batch_size=plan.batch_size,
+            milestones=plan.milestones, gamma=plan.gamma, seed=plan.seed, nb_stolen=len(data.x_train), verbose=progress)
+        copycat.extract(data.x_train, thieved_classifier=thieved)
+        _atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
+    model.eval()
+    seconds = float("nan") if from_cache else time.perf_counter() - started
+    proxy_pred = predict_logits(model, data.x_test, device=ev.device).argmax(1).numpy()
+    target_pred = predict_logits(target.model, data.x_test, device=ev.device).argmax(1).numpy()
+    agreement, accuracy = float((proxy_pred == target_pred).mean()), float((proxy_pred == data.y_test).mean())
+    if not from_cache:
+        _write_json(run_dir / "meta.json", {"config": config, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                            "agreement": agreement, "test_accuracy": accuracy,
+                                            "seconds": round(seconds, 2)})
+    ev.log(f"proxy: agreement with the target {100 * agreement:.2f}%, test accuracy {100 * accuracy:.2f}% (test set)")
+    return Proxy(model, plan, key, run_dir, agreement, accuracy, from_cache, seconds)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int) -> GaussianKDE:
+    """The attacker's own detector copy: Feinman's KDE on the proxy's embeddings of training inputs (true labels)."""
+    index = kernel_indices(data.y_train, data.num_classes, points_per_class, seed)
+    embeddings, _ = embed_and_predict(proxy.model, data.x_train[index], device=device)
+    return GaussianKDE.fit(embeddings, torch.from_numpy(data.y_train[index]), num_classes=data.num_classes,
+                           points_per_class=points_per_class, seed=seed)
+
+
+def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int | None = None,
+              proxy_epochs: int | None = None, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE,
+              kde_points: int = 100, attacker_kde_points: int = 1000, threshold: Threshold = "median",
+              confidence: float = 5.0, wb_confidence: float = 0.0, stage1_search_steps: int = 3,
+              batch_size: int = 256, progress: bool = False) -> list[ResultRow]:
+    """Distil (or reuse) the proxy, attack it with C&W-wb, score the transfer with the target's KDE; return the rows.
+
+    Rows: ``cw-wb`` (and ``cw``, plain C&W from the same proxy) with auc (+ auc_low/high: the target's detector),
+    success_rate (transfer: misclassified by the target), target_hit_rate, pairs_kept, distortion; ``cw-wb`` adds
+    proxy_agreement, proxy_accuracy, proxy_auc and proxy_success_rate (on the proxy, its own KDE), the budget used
+    and attacker_bandwidth. ``cache_dir`` defaults to the one the target model is cached in.
+    """
+    require_embedding(ev.trained.model, threat="black")
+    budgets = check_schedule(schedule)
+    if threshold not in THRESHOLDS:
+        raise UserError(f"C&W-wb threshold: expected 'median' or 'clean', got {threshold!r}")
+    for name, value in (("kde_points", kde_points), ("attacker_kde_points", attacker_kde_points)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise UserError(f"C&W-wb: expected a positive integer {name}, got {value!r}")
+    cache_dir = cache_dir if cache_dir is not None else ev.trained.run_dir.parent.parent
+    data = ev.dataset
+    plan = proxy_plan(ev, depth=proxy_depth, epochs=proxy_epochs)
+    settings = {"proxy": plan.as_dict(), "kde_points": kde_points, "attacker_kde_points": attacker_kde_points,
+                "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
+                "stage1_search_steps": stage1_search_steps}
+    images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, ThreatModel.BLACK, settings, budgets)
+    if ev.results.has(ev.run_id, WB, "auc"):
+        ev.log(f"{WB}: already in {ev.results.path}, skipped")
+        return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+    proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
+    own_kde = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
+    subset = own_kde.subset(kde_points, seed=ev.seed).to(ev.device)
+    attack = WhiteAttack(model=proxy.model, attack_kde=subset, threshold=threshold,
+                         log_tau=class_log_thresholds(subset, own_kde) if threshold == "median" else None,
+                         confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
+                         batch_size=batch_size)
+    embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
+    proxy_clean = (proxy_pred.numpy(), own_kde.log_density(embeddings, proxy_pred).numpy())
+    targets = attack_targets(y, data.num_classes, ev.seed)
+    ev.log(f"{WB}: attacking the proxy on {len(y)} images (own KDE bandwidth {own_kde.bandwidth:.4g}) ...")
+    search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets, judge=(proxy.model, own_kde),
+                           clean=proxy_clean, name=f"proxy-{WB}", cache={"proxy": proxy.key})
+    final = search.final
+    on_target = {name: judge_images(ev, (ev.trained.model, ev.kde), x, y, s.x_adv, clean_pred, clean_score, s.seconds)
+                 for name, s in ((CW, search.plain), (WB, final.wb))}
+    n = len(on_target[WB].keep)
+    main = scored_rows(ev, WB, on_target[WB], y, clean_pred)
+    extra = [ev.row(WB, "target_hit_rate", float((on_target[WB].pred == targets).mean()), len(y)),
+             ev.row(CW, "target_hit_rate", float((on_target[CW].pred == targets).mean()), len(y)),
+             ev.row(WB, "proxy_agreement", proxy.agreement, len(data.y_test)),
+             ev.row(WB, "proxy_accuracy", proxy.accuracy, len(data.y_test)),
+             ev.row(WB, "proxy_auc", final.wb.auc.value, len(final.wb.keep)),
+             ev.row(WB, "proxy_success_rate", final.wb.success, int((proxy_clean[0] == y).sum())),
+             ev.row(WB, "proxy_distortion", mean_or_nan(final.wb.distortion), len(final.wb.keep)),
+             ev.row(WB, "proxy_seconds", proxy.seconds, len(data.x_train)),
+             ev.row(WB, "attacker_bandwidth", own_kde.bandwidth, len(y)),
+             ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
+    # The auc row goes last: it marks the run finished (see the skip above).
+    ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n), *extra,
+                       *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]])
+    return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+
+
+def black_table(rows: list[ResultRow]) -> str:
+    """The table printed after a run: transfer to the target next to the proxy's fidelity."""
+    values = {(r.attack, r.metric): r.value for r in rows}
+
+    def get(attack: str, metric: str) -> float:
+        return values.get((attack, metric), float("nan"))
+
+    lines = [f"{'attack':<10} {'transfer':>8} {'to t':>6} {'pairs':>6} {'AUC':>6} {'95% CI':>15} {'d':>7} {'log KDE':>9}"]
+    for name in (CW, WB):
+        ci = f"[{get(name, 'auc_low'):.3f}, {get(name, 'auc_high'):.3f}]"
+        lines.append(f"{name:<10} {get(name, 'success_rate'):>8.3f} {get(name, 'target_hit_rate'):>6.3f} "
+                     f"{get(name, 'pairs_kept'):>6.0f} {get(name, 'auc'):>6.3f} {ci:>15} {get(name, 'distortion'):>7.4f} "
+                     f"{get(name, 'log_density_mean'):>9.2f}")
+    lines.append(f"proxy ResNet-{get(WB, 'proxy_depth'):.0f}: agreement with the target {get(WB, 'proxy_agreement'):.3f}, "
+                 f"accuracy {get(WB, 'proxy_accuracy'):.3f}; on the proxy C&W-wb success "
+                 f"{get(WB, 'proxy_success_rate'):.3f}, "
+                 f"own-KDE AUC {get(WB, 'proxy_auc'):.3f} (budget rung {get(WB, 'budget_rung'):.0f}, criterion "
+                 f"{'met' if get(WB, 'criterion_met') == 1 else 'NOT met'})")
+    return "\n".join(lines)

@@ -104,7 +104,7 @@ def build_cw_attack(classifier: PyTorchClassifier, *, kde: Any = None, log_tau: 
 
     if kde is None:
         return CarliniWagnerL2(classifier, targeted=True, **params)
-    from pdm_bench.threat_models.white import CarliniWagnerKDE
+    from pdm_bench.threat_models.cw_kde import CarliniWagnerKDE
 
     return CarliniWagnerKDE(classifier, kde=kde, log_tau=log_tau, threshold=threshold, **params)  # type: ignore[arg-type]
 

@@ -18,7 +18,8 @@ from pdm_bench.errors import UserError
 from pdm_bench.results import ResultsStore
 from pdm_bench.threat_models.attacks import torch_model
 from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
-from pdm_bench.threat_models.white import WhiteBudget, class_log_thresholds, run_white, white_table
+from pdm_bench.threat_models.cw_kde import class_log_thresholds
+from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
 
 CPU = torch.device("cpu")
@@ -66,6 +67,7 @@ def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, 
     # the thresholds: median density of each class's training points, own kernel points left out
     taus = class_log_thresholds(attack_kde, kde)
     assert taus.shape == (10,) and torch.isfinite(taus).all()
+    assert torch.all(class_log_thresholds(attack_kde, kde, quantile=0.75) >= taus)  # a later rung demands more
     # Carlini's threshold, the clean image's own density: per image, so early abort is off
     clean = build_cw_attack(attack.estimator, kde=attack_kde, threshold="clean", max_iter=5, binary_search_steps=1)
     assert clean.abort_early is False
@@ -103,6 +105,8 @@ def test_white_rows_adaptivity_and_a_rerun_redoes_nothing(parts: tuple[Any, Any,
         ({"binary_search_steps": -2}, "C&W-wb budget: expected a positive integer binary_search_steps, got -2"),
         ({"initial_const": 0.0}, "C&W-wb budget: expected a positive initial_const, got 0.0"),
         ({"learning_rate": float("nan")}, "C&W-wb budget: expected a positive learning_rate, got nan"),
+        ({"kde_points": 0}, "C&W-wb budget: expected a positive integer kde_points, got 0"),
+        ({"tau_quantile": 1.5}, "C&W-wb budget: expected tau_quantile in [0, 1], got 1.5"),
     ],
 )
 def test_a_budget_that_is_not_positive_is_a_one_line_error(budget: dict[str, Any], message: str) -> None:

@@ -35,7 +35,7 @@ from pdm_bench.results import ResultRow
 from pdm_bench.threat_models.common import Evaluation, ThreatModel, embed_and_predict, kernel_indices
 from pdm_bench.threat_models.gray import attack_targets
 from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
-                                           budget_rows, check_schedule, class_log_thresholds, judge_images, mean_or_nan,
+                                           budget_rows, check_schedule, judge_images, mean_or_nan,
                                            require_embedding, scored_rows, search_budget, start_run)
 from pdm_bench.training import _atomic_save, _optimizer, _write_json, predict_logits
 
@@ -168,9 +168,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
         return [r for r in ev.results.rows() if r.run_id == ev.run_id]
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
     own_kde = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
-    subset = own_kde.subset(kde_points, seed=ev.seed).to(ev.device)
-    attack = WhiteAttack(model=proxy.model, attack_kde=subset, threshold=threshold,
-                         log_tau=class_log_thresholds(subset, own_kde) if threshold == "median" else None,
+    attack = WhiteAttack(model=proxy.model, kde=own_kde, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
                          batch_size=batch_size)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
@@ -195,7 +193,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
              ev.row(WB, "attacker_bandwidth", own_kde.bandwidth, len(y)),
              ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
     # The auc row goes last: it marks the run finished (see the skip above).
-    ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n), *extra,
+    ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
                        *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]])
     return [r for r in ev.results.rows() if r.run_id == ev.run_id]
 

@@ -1,0 +1,85 @@
+"""C&W-wb as an ART ``EvasionAttack``: Carlini and Wagner's L2 attack with a term that drives the adversarial into a
+dense region of the target class's KDE (Carlini & Wagner 2017, "Adversarial examples are not easily detected";
+Pang et al. 2018), on a differentiable torch copy of the detector."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from art.estimators.classification import PyTorchClassifier
+
+from pdm_bench.kde import GaussianKDE
+from pdm_bench.threat_models.attacks import CarliniWagnerL2
+
+Threshold = Literal["median", "clean"]
+THRESHOLDS: tuple[str, ...] = ("median", "clean")
+
+
+def class_log_thresholds(attack_kde: GaussianKDE, reference: GaussianKDE, *, quantile: float = 0.5) -> torch.Tensor:
+    """log tau_t for each class t: the ``quantile`` (median by default) of the log-densities, under ``attack_kde``, of
+    class t's reference points.
+
+    ``reference`` holds the training embeddings (the detector's kernel points); those that are kernel points of
+    ``attack_kde`` itself are left out (their own kernel would inflate their density), unless no other is left.
+    """
+    taus = []
+    for c in range(attack_kde.num_classes):
+        points = reference.kernels[c].to(attack_kde.device)
+        nearest = torch.cdist(points, attack_kde.kernels[c], compute_mode="donot_use_mm_for_euclid_dist").min(1).values
+        others = points[nearest > 0] if bool((nearest > 0).any()) else points
+        classes = torch.full((len(others),), c, dtype=torch.long, device=others.device)
+        densities = attack_kde.log_density(others, classes)
+        taus.append(densities.median() if quantile == 0.5 else torch.quantile(densities, quantile))
+    return torch.stack(taus).detach()
+
+
+class CarliniWagnerKDE(CarliniWagnerL2):
+    """C&W-wb: targeted C&W L2 whose objective adds ``c * max(0, log tau_t - log KDE_t(embedding(x')))``.
+
+    ``log_tau`` (one per class) is the threshold for ``threshold="median"``; with ``threshold="clean"`` (Carlini's
+    choice) each image's threshold is the clean image's own log-density under its predicted class, and early abort
+    is off (the penalty hook sees no row index, so every step must see the whole batch in order). Start it from a
+    stage-1 adversarial with ``generate(x, y, x_init=...)``.
+    """
+
+    attack_params = CarliniWagnerL2.attack_params + ["kde", "threshold"]
+
+    def __init__(self, classifier: PyTorchClassifier, *, kde: GaussianKDE, log_tau: torch.Tensor | None = None,
+                 threshold: Threshold = "median", **cw: Any) -> None:
+        if threshold not in THRESHOLDS:
+            raise ValueError(f"expected threshold 'median' or 'clean', got {threshold!r}")
+        if threshold == "median" and (log_tau is None or tuple(log_tau.shape) != (kde.num_classes,)):
+            got = None if log_tau is None else tuple(log_tau.shape)
+            raise ValueError(f"expected log_tau of shape ({kde.num_classes},) for threshold 'median', got {got}")
+        if not cw.pop("targeted", True):
+            raise ValueError("expected a targeted attack (C&W-wb aims at the target class's density), got targeted=False")
+        if threshold == "clean":
+            cw["abort_early"] = False
+        super().__init__(classifier, targeted=True, **cw)
+        self.kde = kde.to(classifier.device)
+        self.threshold = threshold
+        self.log_tau = None if log_tau is None else log_tau.to(classifier.device, torch.float32)
+        self._batch_log_tau: torch.Tensor | None = None
+
+    def penalty(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (as the model predicts, RCE's -z included) and the density shortfall, from one forward pass."""
+        z, raw = self._model.embed_and_logits(x_adv)
+        logits = raw * self._model.logit_sign
+        if self.threshold == "clean":
+            if self._batch_log_tau is None or len(self._batch_log_tau) != len(x_adv):
+                raise RuntimeError("per-image thresholds out of step with the batch (early abort must be off)")
+            log_tau = self._batch_log_tau
+        else:
+            log_tau = self.log_tau[labels]
+        return logits, torch.clamp(log_tau - self.kde.log_density(z, labels), min=0.0)
+
+    def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if self.threshold == "clean":
+            with torch.no_grad():
+                z, raw = self._model.embed_and_logits(x)
+                self._batch_log_tau = self.kde.log_density(z, (raw * self._model.logit_sign).argmax(dim=1))
+        try:
+            return super()._attack_batch(x, start, labels)
+        finally:
+            self._batch_log_tau = None

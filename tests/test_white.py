@@ -15,6 +15,7 @@ from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.errors import UserError
+from pdm_bench.kde import GaussianKDE
 from pdm_bench.results import ResultsStore
 from pdm_bench.threat_models.attacks import torch_model
 from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
@@ -124,3 +125,17 @@ def test_bad_schedule_and_no_embedding_are_one_line_errors(parts: tuple[Any, Any
     assert str(error.value).startswith("Threat model 'white' runs the KDE detector on the model's embedding: expected")
     assert str(error.value).endswith("got Sequential") and "\n" not in str(error.value)
     assert not (tmp_path / "results.csv").exists()
+
+
+def test_thresholds_use_leave_one_out_densities_of_the_training_points() -> None:
+    generator = torch.Generator().manual_seed(0)
+    points, labels = torch.randn(90, 4, generator=generator), torch.arange(90) % 3
+    kde = GaussianKDE([points[labels == c] for c in range(3)], 0.7)
+    expected = []
+    for c in range(3):
+        kernels = kde.kernels[c]
+        own_left_out = [float(GaussianKDE([torch.cat([kernels[:i], kernels[i + 1:]])] * 3, 0.7)
+                              .log_density(kernels[i:i + 1], torch.tensor([c]))) for i in range(len(kernels))]
+        expected.append(float(torch.tensor(own_left_out).median()))
+    # all points as kernels: a point's own kernel is left out (counting it set tau out of reach)
+    assert class_log_thresholds(kde, kde).tolist() == pytest.approx(expected, abs=1e-4)

@@ -4,6 +4,7 @@ Pang et al. 2018), on a differentiable torch copy of the detector."""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import torch
@@ -18,20 +19,26 @@ THRESHOLDS: tuple[str, ...] = ("median", "clean")
 
 def class_log_thresholds(attack_kde: GaussianKDE, reference: GaussianKDE, *, quantile: float = 0.5) -> torch.Tensor:
     """log tau_t for each class t: the ``quantile`` (median by default) of the log-densities, under ``attack_kde``, of
-    class t's reference points.
+    class t's reference points (the training embeddings: the detector's kernel points).
 
-    ``reference`` holds the training embeddings (the detector's kernel points); those that are kernel points of
-    ``attack_kde`` itself are left out (their own kernel would inflate their density), unless no other is left.
+    Each point's density is leave-one-out: a kernel sitting on the point itself is left out of the mixture (and of
+    its normalising count). With all 1000 points as kernels, counting a point's own kernel set tau so high that no
+    adversarial reached it (measured: 0% success on digits and MNIST).
     """
+    h = attack_kde.bandwidth
+    norm = -0.5 * attack_kde.dim * math.log(2 * math.pi * h**2)
     taus = []
     for c in range(attack_kde.num_classes):
-        points = reference.kernels[c].to(attack_kde.device)
-        nearest = torch.cdist(points, attack_kde.kernels[c], compute_mode="donot_use_mm_for_euclid_dist").min(1).values
-        others = points[nearest > 0] if bool((nearest > 0).any()) else points
-        classes = torch.full((len(others),), c, dtype=torch.long, device=others.device)
-        densities = attack_kde.log_density(others, classes)
+        kernels = attack_kde.kernels[c].to(torch.float64)
+        points = reference.kernels[c].to(kernels.device, torch.float64)
+        squared = torch.cdist(points, kernels, compute_mode="donot_use_mm_for_euclid_dist") ** 2
+        own = squared == 0
+        exponents = torch.where(own, torch.full_like(squared, -math.inf), -squared / (2 * h**2))
+        counts = len(kernels) - own.sum(1)
+        keep = counts > 0
+        densities = torch.logsumexp(exponents[keep], dim=1) - torch.log(counts[keep].to(torch.float64)) + norm
         taus.append(densities.median() if quantile == 0.5 else torch.quantile(densities, quantile))
-    return torch.stack(taus).detach()
+    return torch.stack(taus).to(torch.float32).detach()
 
 
 class CarliniWagnerKDE(CarliniWagnerL2):

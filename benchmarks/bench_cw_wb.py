@@ -1,0 +1,98 @@
+"""Benchmark C&W-wb (``CarliniWagnerKDE``): images per second at the white box's first budget, on this machine.
+
+For a quick-preset baseline: plain C&W (``CarliniWagnerL2``, the same budget, no density term) and C&W-wb with the
+attacker's KDE at 100 and 1000 kernel points per class, each from the clean images to seeded random targets. Reports
+images/s, the density term's cost relative to plain C&W, and the success rate (target hit; C&W-wb: and density >=
+tau). Prints a markdown table and writes it into ``docs/PERFORMANCE.md`` between markers, with the command.
+
+    python benchmarks/bench_cw_wb.py [--dataset digits|mnist] [--images 100] [--max-iter 1000] [--search-steps 5]
+                                     [--data-dir DIR] [--cache-dir DIR] [--threads N] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pdm_bench.art_adapter import build_cw_attack, to_art_classifier
+from pdm_bench.config import make_plan, resolve_cache_dir, resolve_device
+from pdm_bench.data import load_dataset
+from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.threat_models.common import fit_detector
+from pdm_bench.threat_models.cw_kde import class_log_thresholds
+from pdm_bench.threat_models.gray import attack_targets
+from pdm_bench.training import predict_logits, train_or_load
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--images", type=int, default=100)
+    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--search-steps", type=int, default=5)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--doc", type=Path, default=DOC)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    data = load_dataset(args.dataset, data_dir=args.data_dir)
+    plan = make_plan("quick", dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes)
+    trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=resolve_cache_dir(args.cache_dir),
+                            device=device, progress=False, log=lambda _: None)
+    kde = fit_detector(trained, data, device=device)
+    classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=data.num_classes,
+                                   device=device)
+    index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
+    x, y = data.x_test[index], data.y_test[index]
+    targets = attack_targets(y, data.num_classes, 0)
+    goal = np.eye(data.num_classes, dtype=np.float32)[targets]
+    budget = dict(max_iter=args.max_iter, binary_search_steps=args.search_steps, initial_const=1.0, learning_rate=5e-2,
+                  batch_size=256)
+    cases: list[tuple[str, object, object]] = [("plain C&W (no density term)", None, None)]
+    for points in (100, 1000):
+        subset = kde.subset(points, seed=0).to(device)
+        cases.append((f"C&W-wb, {points} kernel points/class", subset, class_log_thresholds(subset, kde)))
+    lines = [f"Dataset {data.name}, quick-preset baseline (clean accuracy {100 * trained.test_accuracy:.2f}%), "
+             f"{args.images} images, {args.max_iter} Adam steps x {args.search_steps} binary-search steps, "
+             f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+             f"{torch.get_num_threads()} threads.", "",
+             "| attack | seconds | images/s | time vs plain C&W | success |", "|---|---|---|---|---|"]
+    plain_seconds = float("nan")
+    for name, subset, log_tau in cases:
+        attack = build_cw_attack(classifier, confidence=0.0, **budget) if subset is None else \
+            build_cw_attack(classifier, kde=subset, log_tau=log_tau, confidence=0.0, **budget)  # type: ignore[arg-type]
+        print(f"{name}: {args.images} images ...", flush=True)
+        started = time.perf_counter()
+        adv = attack.generate(x, y=goal)
+        seconds = time.perf_counter() - started
+        plain_seconds = seconds if subset is None else plain_seconds
+        hit = predict_logits(trained.model, adv, device=device).argmax(1).numpy() == targets
+        lines.append(f"| {name} | {seconds:.1f} | {args.images / seconds:.2f} | {seconds / plain_seconds:.2f}x "
+                     f"| {hit.mean():.3f} |")
+        print(lines[-1], flush=True)
+    command = "python benchmarks/bench_cw_wb.py " + shlex.join(sys.argv[1:])
+    tag = f"bench_cw_wb:{data.name}:{device.type}"
+    block = "\n".join([f"<!-- {tag} -->", f"`{command.strip()}`", "", *lines, f"<!-- /{tag} -->"])
+    print(block)
+    text = args.doc.read_text() if args.doc.exists() else "# Performance\n"
+    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    args.doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

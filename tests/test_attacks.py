@@ -59,6 +59,7 @@ def test_jsma_gives_arts_images(small_model: tuple[Any, np.ndarray, np.ndarray])
     np.testing.assert_array_equal(ours, arts)
 
 
+@pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores
 def test_line_search_cw_gives_arts_images(small_model: tuple[Any, np.ndarray, np.ndarray]) -> None:
     classifier, x, y = small_model
     x, y = x[:12], y[:12]
@@ -91,6 +92,7 @@ def linear_model() -> tuple[Any, np.ndarray, np.ndarray]:
     return classifier, data.x_test[:10], data.y_test[:10]
 
 
+@pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores
 def test_adam_cw_is_at_least_as_strong_as_arts_at_high_confidence(linear_model: tuple[Any, np.ndarray, np.ndarray]) -> None:
     """C&W-hc's confidence with a smaller budget (3 x 500 steps, ~1 minute for ART here; measured: ours 100%, ART 0%).
     The full 9 x 1000 comparison is in benchmarks/bench_attacks.py."""

@@ -33,6 +33,7 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evaluation:
                       ResultsStore(tmp_path_factory.mktemp("results")), CPU, 0, log=lambda _: None)
 
 
+@pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores
 def test_black_rows_cached_proxy_and_a_rerun_redoes_nothing(ev: Evaluation) -> None:
     rows = run_black(ev, schedule=TINY, proxy_epochs=6)
     got = {(r.attack, r.metric): r.value for r in rows}

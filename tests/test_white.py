@@ -75,6 +75,7 @@ def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, 
     assert clean.generate(x[:4].numpy(), y=np.eye(10)[(data.y_test[:4] + 1) % 10]).shape == (4, *data.input_shape)
 
 
+@pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores
 def test_white_rows_adaptivity_and_a_rerun_redoes_nothing(parts: tuple[Any, Any, Any], tmp_path: Path) -> None:
     ev = evaluation(parts, tmp_path)
     rows = run_white(ev, schedule=TINY)

@@ -200,10 +200,11 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
                                  binary_search_steps=min(attack.stage1_search_steps, budget.binary_search_steps))
         x_stage1, stage1_scored = run(f"{name}-stage1", stage1_params, lambda: stage1.generate(x, y=goal))
         attack_kde, log_tau = attack.detector(budget, ev.device)
+        wb_params = {**params, "log_tau": None if log_tau is None else [round(float(t), 5) for t in log_tau]}
         wb = build_cw_attack(classifier, kde=attack_kde, log_tau=log_tau, threshold=attack.threshold,
                              confidence=attack.wb_confidence, binary_search_steps=budget.binary_search_steps,
                              **steps(budget))
-        _, wb_scored = run(name, params, lambda: wb.generate(x, y=goal, x_init=x_stage1))
+        _, wb_scored = run(name, wb_params, lambda: wb.generate(x, y=goal, x_init=x_stage1))
         rungs.append(Rung(index, budget, stage1_scored, wb_scored))
         stage1_images.append(x_stage1)
         ev.log(f"{name} budget {index + 1}/{len(schedule)} ({budget.max_iter} steps x {budget.binary_search_steps} "

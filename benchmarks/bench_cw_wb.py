@@ -12,6 +12,7 @@ tau). Prints a markdown table and writes it into ``docs/PERFORMANCE.md`` between
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import re
 import shlex
@@ -69,7 +70,8 @@ def main() -> None:
     lines = [f"Dataset {data.name}, quick-preset baseline (clean accuracy {100 * trained.test_accuracy:.2f}%), "
              f"{args.images} images, {args.max_iter} Adam steps x {args.search_steps} binary-search steps, "
              f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads.", "",
+             f"{torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+             "at the start.", "",
              "| attack | seconds | images/s | time vs plain C&W | success |", "|---|---|---|---|---|"]
     plain_seconds = float("nan")
     for name, subset, log_tau in cases:

@@ -75,6 +75,29 @@ def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, 
     assert clean.generate(x[:4].numpy(), y=np.eye(10)[(data.y_test[:4] + 1) % 10]).shape == (4, *data.input_shape)
 
 
+def test_an_unreachable_density_returns_the_best_try_not_the_clean_image(parts: tuple[Any, Any, Any]) -> None:
+    data, trained, kde = parts
+    classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=10, device=CPU)
+    x, y = data.x_test[:6], data.y_test[:6]
+    targets = (y + 1) % 10
+    goal = np.eye(10)[targets]
+    start = build_cw_attack(classifier, max_iter=100, binary_search_steps=3, initial_const=1.0,
+                            learning_rate=5e-2).generate(x, y=goal)  # stage 1: in the target class
+    with torch.no_grad():
+        started_in_target = trained.model(torch.as_tensor(start)).argmax(1).numpy() == targets
+    assert started_in_target.all()
+    impossible = torch.full((10,), 1e6)  # no image can be this dense: the attack never fully succeeds
+    outputs = {}
+    for keep in (True, False):
+        attack = build_cw_attack(classifier, kde=kde.subset(50, seed=0), log_tau=impossible, keep_best_try=keep,
+                                 max_iter=30, binary_search_steps=1, initial_const=1.0, learning_rate=5e-2)
+        outputs[keep] = attack.generate(x, y=goal, x_init=start)
+    assert np.array_equal(outputs[False], x)  # Carlini's all-or-nothing output: unchanged
+    with torch.no_grad():
+        predicted = trained.model(torch.as_tensor(outputs[True])).argmax(1).numpy()
+    assert (predicted == targets).all() and not np.array_equal(outputs[True], x)
+
+
 @pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores
 def test_white_rows_adaptivity_and_a_rerun_redoes_nothing(parts: tuple[Any, Any, Any], tmp_path: Path) -> None:
     ev = evaluation(parts, tmp_path)

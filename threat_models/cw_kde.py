@@ -48,12 +48,17 @@ class CarliniWagnerKDE(CarliniWagnerL2):
     choice) each image's threshold is the clean image's own log-density under its predicted class, and early abort
     is off (the penalty hook sees no row index, so every step must see the whole batch in order). Start it from a
     stage-1 adversarial with ``generate(x, y, x_init=...)``.
+
+    An image that never reaches tau comes back as the attacker's best try, not unchanged: the image classified as
+    the target with the highest density found (``keep_best_try=False`` restores Carlini's all-or-nothing output).
+    The detector judges it like any other; without this, one image of 200 on digits that stopped just short of tau
+    counted as a failed attack at every budget (success 0.995).
     """
 
     attack_params = CarliniWagnerL2.attack_params + ["kde", "threshold"]
 
     def __init__(self, classifier: PyTorchClassifier, *, kde: GaussianKDE, log_tau: torch.Tensor | None = None,
-                 threshold: Threshold = "median", **cw: Any) -> None:
+                 threshold: Threshold = "median", keep_best_try: bool = True, **cw: Any) -> None:
         if threshold not in THRESHOLDS:
             raise ValueError(f"expected threshold 'median' or 'clean', got {threshold!r}")
         if threshold == "median" and (log_tau is None or tuple(log_tau.shape) != (kde.num_classes,)):
@@ -66,6 +71,7 @@ class CarliniWagnerKDE(CarliniWagnerL2):
         super().__init__(classifier, targeted=True, **cw)
         self.kde = kde.to(classifier.device)
         self.threshold = threshold
+        self.keep_best_try = keep_best_try
         self.log_tau = None if log_tau is None else log_tau.to(classifier.device, torch.float32)
         self._batch_log_tau: torch.Tensor | None = None
 

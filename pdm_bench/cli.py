@@ -107,15 +107,52 @@ def _train_or_load(choice: ModelChoice) -> tuple[Dataset, TrainedModel, torch.de
     return data, result, torch_device
 
 
+def _command_line() -> str:
+    """The command as typed (for the provenance record)."""
+    obj = click.get_current_context().find_root().obj
+    args = obj.get("argv", []) if isinstance(obj, dict) else []
+    return " ".join(["pdm-bench", *args])
+
+
+def _record(results_dir: Path, data: Dataset, trained: TrainedModel, device: torch.device, *, geometry: bool,
+            details: dict[str, Any], run_ids: set[str] | None = None) -> None:
+    """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
+    from pdm_bench.records import record_model, record_run
+    from pdm_bench.results import ResultsStore
+
+    store = ResultsStore(results_dir)
+    record_model(store, data, trained, device=device, geometry=geometry, log=click.echo)
+    for run_id in sorted(run_ids or {trained.key}):
+        if run_id == trained.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
+            continue  # the model's own record stays that of the command that first measured it
+        record_run(store, run_id, command=_command_line(), device=device,
+                   details={"dataset": data.name, "preset": trained.plan.preset, "seed": trained.plan.seed,
+                            "defense": trained.defense.name, "model": trained.key, **details})
+
+
 def _progress(flag: bool | None) -> bool:
     return sys.stderr.isatty() if flag is None else flag
 
 
+GEOMETRY_OPTION = click.option(
+    "--geometry/--no-geometry", default=True, show_default=True,
+    help="With a results directory: measure the embedding (Davies-Bouldin index, t-SNE, Eq. 4 margin and Jacobian).")
+
+
 @cli.command()
 @model_options
-def train(**options: Any) -> None:
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Also record the clean accuracy and the embedding geometry in RESULTS_DIR/results.csv (for reports).")
+@GEOMETRY_OPTION
+def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
     """Train a defense (or reuse its cached model) and print its clean test accuracy."""
-    _train_or_load(ModelChoice(**options))
+    if results_dir is not None:
+        from pdm_bench.results import ResultsStore
+
+        ResultsStore(results_dir).rows()  # refuse a foreign or malformed results file before any work
+    data, trained, device = _train_or_load(ModelChoice(**options))
+    if results_dir is not None:
+        _record(results_dir, data, trained, device, geometry=geometry, details={"threat": "model"})
 
 
 @cli.command(name="run")
@@ -132,9 +169,11 @@ def train(**options: Any) -> None:
 @click.option("--bandwidth", type=float, default=None, help="Fixed KDE bandwidth [default: chosen on clean training embeddings].")
 @click.option("--kde-points", type=click.IntRange(min=1), default=1000, show_default=True, help="Kernel points per class.")
 @click.option("--resiliency/--no-resiliency", default=True, show_default=True, help="Accuracy under FGSM/BIM over an eps grid.")
+@GEOMETRY_OPTION
 @white_box_options
 def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_backend: str, targeted: bool,
-                results_dir: Path, bandwidth: float | None, kde_points: int, resiliency: bool, **options: Any) -> None:
+                results_dir: Path, bandwidth: float | None, kde_points: int, resiliency: bool, geometry: bool,
+                **options: Any) -> None:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
     from pdm_bench.results import ResultsStore
     from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
@@ -167,10 +206,84 @@ def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_
     else:
         evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"], log=click.echo)
         rows, table = attack_run(evaluation, progress=_progress(options["progress"]))
+    _record(results_dir, data, trained, device, geometry=geometry, run_ids={r.run_id for r in rows} | {trained.key},
+            details={"threat": threat_model.value, "n_samples": len(indices), "bandwidth": kde.bandwidth,
+                     "kde_points": kde_points, "attack_backend": attack_backend, "targeted": targeted})
     click.echo(f"\n{threat_model.value.capitalize()}-box results ({trained.defense.name} on {data.name}, N={len(indices)}, "
                f"run {evaluation.run_id}):")
     click.echo(table)
     click.echo(f"Rows in {store.path}")
+
+
+@cli.command()
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pdm-results"),
+              show_default=True, help="Where `run` / `paper` wrote results.csv.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: RESULTS_DIR/report].")
+def report(results_dir: Path, out: Path | None) -> None:
+    """Write the paper's Tables 1-4 (CSV, LaTeX) and report.html with its figures, from recorded results only."""
+    from pdm_bench.reports.generator import write_report
+
+    if not results_dir.is_dir():
+        raise UserError(f"Results directory {results_dir} does not exist: pass the --results-dir of your runs")
+    for path in write_report(results_dir, out if out is not None else results_dir / "report"):
+        click.echo(f"wrote {path}")
+
+
+STUDY_TRAINED = ("baseline", "rce", "siamese_rvl", "pdm")
+STUDY_ATTACKED = ("baseline", "rce", "pdm")
+
+
+@cli.command()
+@click.option("--dataset", default="mnist", show_default=True, help="The study's dataset (as for `train`).")
+@click.option("--preset", default=PresetName.QUICK.value, show_default=True, type=click.Choice([p.value for p in PresetName]),
+              help="quick: for a CPU; paper: the full-scale run for a GPU.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count.")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
+              help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
+              help="Decoded data and trained models [env PDM_BENCH_CACHE].")
+@click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="[default: pdm-results/DATASET-PRESET]")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: RESULTS_DIR/report].")
+@click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated subset of the threat models.")
+@click.option("--n-samples", type=int, default=None, help="Test images attacked [default: the preset's].")
+@click.option("--attacks", default=None, help="Gray-box attack subset (default: all seven).")
+@click.option("--progress/--no-progress", default=None)
+@white_box_options
+def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
+          device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
+          attacks: str | None, progress: bool | None, **white: Any) -> None:
+    """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
+    pdm; then the report. Rerun the same command to resume: finished models, attacks and rows are reused."""
+    from pdm_bench.threat_models.common import ThreatModel
+
+    chosen = [t.strip() for t in threats.split(",") if t.strip()]
+    for name in chosen:
+        try:
+            ThreatModel(name)
+        except ValueError:
+            raise unknown_name_error("threat model", name, [t.value for t in ThreatModel]) from None
+    results_dir = results_dir if results_dir is not None else Path("pdm-results") / f"{dataset.replace('/', '_').replace(':', '_')}-{preset}"
+    shared = {"dataset": dataset, "preset": preset, "seed": seed, "epochs": epochs, "data_dir": data_dir,
+              "cache_dir": cache_dir, "device": device, "progress": progress, "defense_options": ()}
+    steps: list[tuple[str, Callable[[], None]]] = []
+    ctx = click.get_current_context()
+    for defense in STUDY_TRAINED:
+        steps.append((f"train {defense}", lambda d=defense: ctx.invoke(train, results_dir=results_dir, defense=d, **shared)))
+    for threat in chosen:
+        for defense in STUDY_ATTACKED:
+            extra = {"attacks": attacks} if threat == "gray" else {}
+            steps.append((f"{threat} box, {defense}", lambda d=defense, t=threat, e=extra: ctx.invoke(
+                run_command, threat=t, defense=d, results_dir=results_dir, n_samples=n_samples, **e, **white, **shared)))
+    started = time.perf_counter()
+    for number, (title, step) in enumerate(steps, start=1):
+        click.echo(f"\n=== [{number}/{len(steps)}] {title} ({time.perf_counter() - started:.0f} s into the study)")
+        step()
+    ctx.invoke(report, results_dir=results_dir, out=out)
+    click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused).")
 
 
 @cli.command(name="list")
@@ -209,7 +322,8 @@ def list_command() -> None:
 def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors print one line, never a traceback."""
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="pdm-bench", standalone_mode=False)
+        args = list(argv) if argv is not None else sys.argv[1:]
+        cli.main(args=args, prog_name="pdm-bench", standalone_mode=False, obj={"argv": args})
     except UserError as error:
         click.echo(f"Error: {error}", err=True)
         return EXIT_USER_ERROR

@@ -101,6 +101,7 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             ev.row(spec.name, "accuracy", float((adv_pred == y).mean()), len(y)),
             *(ev.row(spec.name, f"{k}_mean", float(v.mean()) if n else float("nan"), n) for k, v in sizes.items()),
             ev.row(spec.name, "attack_seconds", seconds, len(y)),
+            *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
         ])
     if resiliency:
         for family in ("fgsm", "bim"):
@@ -115,6 +116,14 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
                                    ev.row(spec.name, "success_rate", success_rate(y, clean_pred, adv_pred),
                                           int((clean_pred == y).sum()))])
     return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+
+
+def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarray) -> list[ResultRow]:
+    """Figure 1b's counts: ``flow_S_T`` = kept pairs of true class S whose adversarial is classified T, and
+    ``flow_total``."""
+    pairs, counts = np.unique(np.stack([sources, landed]), axis=1, return_counts=True)
+    return [*(ev.row(attack, f"flow_{s}_{t}", int(c), len(sources)) for (s, t), c in zip(pairs.T.tolist(), counts)),
+            ev.row(attack, "flow_total", len(sources), len(sources))]
 
 
 def gray_table(rows: list[ResultRow], attack_names: list[str]) -> str:

@@ -1,0 +1,136 @@
+"""What a run leaves in its results directory besides the threat models' rows, so a report needs nothing else:
+
+- per trained model (rows with threat ``model``, run id = the model's cache key): clean accuracy on the whole test
+  set (Table 1) and the embedding's geometry (Eq. 4 terms, Davies-Bouldin index), with the t-SNE coordinates in
+  ``RESULTS_DIR/embeddings/<key>.csv`` (Figure 2);
+- per run, ``RESULTS_DIR/runs/<run id>.json``: how it was made (command, package versions, device, git commit).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pdm_bench.data import Dataset
+from pdm_bench.results import ResultRow, ResultsStore, now
+from pdm_bench.training import TrainedModel
+
+MODEL_THREAT = "model"
+PACKAGES = ("pdm-bench", "torch", "adversarial-robustness-toolbox", "numpy", "scikit-learn", "jinja2", "matplotlib")
+GEOMETRY_METRICS = ("davies_bouldin", "embedding_margin", "embedding_margin_mean", "jacobian_frobenius", "margin_bound")
+
+
+def model_row(data: Dataset, trained: TrainedModel, attack: str, metric: str, value: float, n: int) -> ResultRow:
+    plan = trained.plan
+    return ResultRow(data.name, plan.preset, plan.seed, trained.defense.name, MODEL_THREAT, attack, metric, float(value),
+                     int(n), trained.key, now())
+
+
+def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, device: torch.device,
+                 geometry: bool = True, points: int = 1000, log: Any = print) -> None:
+    """Clean test accuracy and (once per model) the embedding geometry, as rows; t-SNE to ``embeddings/``."""
+    rows = [] if store.has(trained.key, "clean", "test_accuracy") else [
+        model_row(data, trained, "clean", "test_accuracy", trained.test_accuracy, len(data.y_test))]
+    if geometry and not store.has(trained.key, "embedding", "margin_bound"):
+        from pdm_bench.analysis import measure_geometry
+
+        started = time.perf_counter()
+        g = measure_geometry(trained.model, data.x_test, data.y_test, device=device, seed=trained.plan.seed, points=points)
+        if g.tsne is not None:
+            write_tsne(store.directory, trained.key, g.tsne, g.labels)
+        values = {"davies_bouldin": g.davies_bouldin, "embedding_margin": g.margin, "embedding_margin_mean": g.margin_mean,
+                  "jacobian_frobenius": g.jacobian_frobenius, "margin_bound": g.bound}
+        rows += [model_row(data, trained, "embedding", k, v, g.n) for k, v in values.items()]
+        log(f"Embedding geometry ({g.n} test images, {time.perf_counter() - started:.1f} s): Davies-Bouldin "
+            f"{g.davies_bouldin:.3f}, margin eta {g.margin:.4g}, mean ||J||_F {g.jacobian_frobenius:.4g}, "
+            f"eta/||J|| {g.bound:.4g}")
+    store.append(rows)
+
+
+def tsne_path(directory: Path, key: str) -> Path:
+    return directory / "embeddings" / f"{key}.csv"
+
+
+def write_tsne(directory: Path, key: str, coords: Any, labels: Any) -> None:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("x", "y", "label"))
+    writer.writerows((f"{a:.5g}", f"{b:.5g}", int(c)) for (a, b), c in zip(coords.tolist(), labels.tolist()))
+    _atomic_write(tsne_path(directory, key), buffer.getvalue())
+
+
+def read_tsne(directory: Path, key: str) -> tuple[list[float], list[float], list[int]] | None:
+    """The t-SNE coordinates of a model, or None when absent or unreadable."""
+    try:
+        with open(tsne_path(directory, key), newline="", encoding="utf-8") as handle:
+            rows = list(csv.DictReader(handle))
+        return [float(r["x"]) for r in rows], [float(r["y"]) for r in rows], [int(r["label"]) for r in rows]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def git_commit() -> str:
+    """The git commit of the pdm-bench checkout this code runs from (``+dirty`` with local changes), or 'unknown'."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / ".git").exists():
+        return "unknown (not a git checkout)"
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git failed)"
+    return head + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"{device} ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def record_run(store: ResultsStore, run_id: str, *, command: str, device: torch.device, details: dict[str, Any]) -> None:
+    """``runs/<run_id>.json``: the command, versions, device, git commit and date, with ``details`` (N, settings)."""
+    payload = {"run_id": run_id, "command": command, "date": now(),
+               "git_commit": git_commit(), "device": device_description(device), "versions": versions(), **details}
+    _atomic_write(store.directory / "runs" / f"{run_id}.json", json.dumps(payload, indent=2, sort_keys=True, default=str))
+
+
+def read_runs(directory: Path) -> dict[str, dict[str, Any]]:
+    runs = {}
+    for path in sorted((directory / "runs").glob("*.json")):
+        try:
+            payload = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(payload, dict):
+            runs[path.stem] = payload
+    return runs
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,96 @@
+"""The tables as CSV (one file each, wide: the values and what to read them with) and as LaTeX (booktabs)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import re
+
+from pdm_bench.reports.tables import NOT_RUN, Cell, Table
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: str) -> str:
+    return re.sub(r"[&%$#_{}~^\\]", lambda m: _LATEX_SPECIAL[m.group(0)], text)
+
+
+def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
+    return NOT_RUN if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
+
+
+def column_name(group: str, defense: str) -> str:
+    return f"{group} {defense}".strip()
+
+
+def to_csv(table: Table) -> str:
+    """Row label, then per column: value, interval (when the table has them), seeds and each note."""
+    note_names = list(dict.fromkeys(k for c in table.cells.values() for k in c.notes))
+    has_interval = any(c.low is not None for c in table.cells.values())
+    header = [table.row_label]
+    for group, defense in table.columns:
+        name = column_name(group, defense)
+        header += [name, *([f"{name} ci_low", f"{name} ci_high"] if has_interval else []), f"{name} seeds",
+                   *(f"{name} {n}" for n in note_names), f"{name} flag"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in table.rows:
+        record = [row]
+        for column in table.columns:
+            cell = table.cell(row, column)
+            record.append(table.text(cell))
+            if has_interval:
+                record += [_number(cell.low, table.digits + 1, table.scale), _number(cell.high, table.digits + 1, table.scale)]
+            record.append(cell.seeds if cell.value is not None else NOT_RUN)
+            record += [_number(cell.notes.get(n), 4) if cell.value is not None else NOT_RUN for n in note_names]
+            record.append(cell.flag)
+        writer.writerow(record)
+    return buffer.getvalue()
+
+
+def _latex_cell(table: Table, cell: Cell) -> str:
+    text = table.text(cell)
+    if cell.value is None or text == NOT_RUN:
+        return r"\textit{not run}"
+    if cell.best:
+        text = rf"\textbf{{{text}}}"
+    if cell.low is not None and cell.high is not None:
+        text += rf" {{\scriptsize[{_number(cell.low, table.digits, table.scale)}, {_number(cell.high, table.digits, table.scale)}]}}"
+    if cell.flag:
+        text += r"$^\dagger$"
+    return text
+
+
+def to_latex(table: Table) -> str:
+    """One booktabs table; best value per row in bold, intervals in brackets, a dagger where a criterion failed."""
+    groups = list(dict.fromkeys(g for g, _ in table.columns))
+    spec = "l" + "c" * len(table.columns)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
+    if any(groups):
+        spans, start = [], 2
+        header = [""]
+        for group in groups:
+            width = sum(1 for g, _ in table.columns if g == group)
+            header.append(rf"\multicolumn{{{width}}}{{c}}{{{latex_escape(group)}}}")
+            spans.append(rf"\cmidrule(lr){{{start}-{start + width - 1}}}")
+            start += width
+        lines += [" & ".join(header) + r" \\", " ".join(spans)]
+    lines.append(" & ".join([latex_escape(table.row_label)] + [latex_escape(d) for _, d in table.columns]) + r" \\")
+    lines.append(r"\midrule")
+    for row in table.rows:
+        lines.append(" & ".join([latex_escape(row)] + [_latex_cell(table, table.cell(row, c)) for c in table.columns]) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    caption = latex_escape(table.title)
+    if any(c.flag for c in table.cells.values()):
+        caption += r" $^\dagger$: the budget schedule ended without meeting the paper's criterion (every attack succeeds, AUC $\le 0.5$)."
+    lines += [rf"\caption{{{caption}}}", rf"\label{{tab:{table.key}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def tables_tex(tables: list[Table]) -> str:
+    preamble = ("% pdm-bench tables; needs \\usepackage{booktabs}. Best value per row in bold; "
+                "95% bootstrap intervals in brackets.\n")
+    return preamble + "\n".join(to_latex(t) for t in tables)

@@ -1,0 +1,155 @@
+"""``pdm-bench report``: the paper's tables (CSV, LaTeX, HTML) and figures from a results directory alone.
+
+Everything comes from ``RESULTS_DIR``: ``results.csv`` (the rows), ``embeddings/`` (t-SNE coordinates),
+``distortions/`` (per-image white-box distortion) and ``runs/`` (how each run was made). Nothing is re-run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pdm_bench.errors import UserError
+from pdm_bench.records import git_commit, read_runs, versions
+from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, flow_figure, resiliency_figure, tsne_figure
+from pdm_bench.reports.formats import column_name, tables_tex, to_csv
+from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
+                                            paper_dataset)
+from pdm_bench.reports.tables import NOT_RUN, RowIndex, Table, all_tables, block_name
+from pdm_bench.results import ResultsStore
+
+DATASET_NOTES = {
+    "digits": "scikit-learn's 8x8 digits (embedded), fixed stratified split",
+    "mnist": "MNIST, standard IDX files",
+    "cifar10": "CIFAR-10, official python pickle batches",
+    "cifar10-jpeg": "CIFAR-10 as a JPEG copy (lossy: pixels differ slightly from the official release; "
+                    "not directly comparable with results on the official files)",
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    """One dataset block's figures and its Eq. 4 terms."""
+
+    name: str
+    figures: list[Figure]
+    bound_terms: list[dict[str, Any]]
+
+
+def write_report(results_dir: Path, out: Path) -> list[Path]:
+    """Write the four table CSVs, ``tables.tex`` and ``report.html`` to ``out``; return their paths."""
+    rows = ResultsStore(results_dir).rows()
+    if not rows:
+        raise UserError(f"No results in {Path(results_dir) / 'results.csv'}: run `pdm-bench run` or `pdm-bench paper` "
+                        "with --results-dir first")
+    index = RowIndex(rows)
+    tables = all_tables(index)
+    sections = []
+    for dataset, preset in index.blocks:
+        bound, terms = bound_figure(index, dataset, preset)
+        figures = [resiliency_figure(index, dataset, preset), tsne_figure(index, Path(results_dir), dataset, preset),
+                   flow_figure(index, dataset, preset), bound, distortion_figure(index, Path(results_dir), dataset, preset)]
+        sections.append(Section(block_name(dataset, preset), [f for f in figures if f is not None], terms))
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for table in tables:
+        written.append(_write(out / f"{table.key}.csv", to_csv(table)))
+    written.append(_write(out / "tables.tex", tables_tex(tables)))
+    html = render_html(tables=[html_table(t, index) for t in tables], sections=sections,
+                       provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir))
+    written.append(_write(out / "report.html", html))
+    return written
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def paper_value(table: Table, row: str, column: tuple[str, str], index: RowIndex) -> float | None:
+    """The paper's figure for a cell, where the paper has one (MNIST, CIFAR-10)."""
+    group, defense = column
+    block = group or row
+    dataset = next((d for d, p in index.blocks if block_name(d, p) == block), None)
+    paper = paper_dataset(dataset) if dataset else None
+    if paper is None:
+        return None
+    if table.key.startswith("table1"):
+        return PAPER_TABLE1[paper].get(defense)
+    if defense not in PAPER_DEFENSES:
+        return None
+    position = PAPER_DEFENSES.index(defense)
+    if table.key.startswith("table2"):
+        values = PAPER_TABLE2[paper].get(row)
+        return values[position] if values else None
+    source = PAPER_TABLE3 if table.key.startswith("table3") else PAPER_TABLE4
+    return source[paper][position]
+
+
+def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
+    """What the template needs of a table: header groups, column names, and each cell's texts."""
+    groups = []
+    for group, _ in table.columns:
+        if groups and groups[-1]["name"] == group:
+            groups[-1]["span"] += 1
+        else:
+            groups.append({"name": group, "span": 1})
+    body = []
+    for row in table.rows:
+        cells = []
+        for column in table.columns:
+            cell = table.cell(row, column)
+            paper = paper_value(table, row, column, index)
+            interval = (f"[{cell.low * table.scale:.{table.digits}f}, {cell.high * table.scale:.{table.digits}f}]"
+                        if cell.low is not None and cell.high is not None and math.isfinite(cell.low) else "")
+            notes = ", ".join(f"{k} {_short(v)}" for k, v in cell.notes.items() if k != "criterion met")
+            cells.append({"text": table.text(cell), "missing": table.text(cell) == NOT_RUN, "best": cell.best,
+                          "interval": interval, "notes": notes if cell.value is not None else "", "flag": cell.flag,
+                          "seeds": cell.seeds,
+                          "paper": "" if paper is None else f"{paper:.{max(table.digits, 2) if paper < 10 else 2}f}"})
+        body.append({"label": row, "cells": cells})
+    return {"key": table.key, "title": table.title, "row_label": table.row_label,
+            "groups": groups if any(g["name"] for g in groups) else [],
+            "columns": [d for _, d in table.columns], "rows": body,
+            "csv": f"{table.key}.csv", "empty": not table.rows or not table.columns}
+
+
+def _short(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+
+
+def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
+    """Dataset notes, and for each run the tables and figures use: preset, seed, N, bandwidth, versions, device, commit."""
+    runs = read_runs(results_dir)
+    used = []
+    for run_id in sorted(index.used_runs, key=lambda r: (index.run_time[r], r)):
+        first = next(iter(index.by_run[run_id].values()))
+        record = runs.get(run_id, {})
+        clean = index.by_run[run_id].get(("clean", "accuracy")) or index.by_run[run_id].get(("clean", "test_accuracy"))
+        bandwidth = index.value(run_id, "clean", "bandwidth")
+        used.append({"run_id": run_id, "dataset": first.dataset, "preset": first.preset, "seed": first.seed,
+                     "defense": first.defense, "threat": first.threat, "n": clean.n if clean else "",
+                     "bandwidth": f"{bandwidth:.4g}" if bandwidth is not None else "",
+                     "date": index.run_time[run_id], "device": record.get("device", "not recorded"),
+                     "commit": str(record.get("git_commit", "not recorded"))[:19],
+                     "versions": ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items())) or "not recorded",
+                     "command": record.get("command", "not recorded")})
+    datasets = sorted({d for d, _ in index.blocks})
+    return {"datasets": [{"name": d, "note": DATASET_NOTES.get(d, "image folder or plugin dataset")} for d in datasets],
+            "runs": used, "seeds": sorted({r["seed"] for r in used}),
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "generator_commit": git_commit(), "versions": versions()}
+
+
+def render_html(**context: Any) -> str:
+    from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+
+    environment = Environment(loader=PackageLoader("pdm_bench.reports", "templates"),
+                              autoescape=select_autoescape(["html", "j2"], default_for_string=True, default=True),
+                              undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return environment.get_template("report.html.j2").render(column_name=column_name, **context)

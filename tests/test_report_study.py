@@ -1,0 +1,100 @@
+"""A small digits study through `pdm-bench paper`, its report, and the report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pdm_bench.cli import run
+from pdm_bench.results import ResultsStore
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+TINY_STUDY = ("paper", "--dataset", "digits", "--epochs", "3", "--n-samples", "12", "--attacks", "fgsm-0.1,cw",
+              "--cw-iterations", "60", "--cw-search-steps", "2", "--proxy-epochs", "2", "--no-progress")
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny study's results directory (its report is in ``report/``)."""
+    root = tmp_path_factory.mktemp("study")
+    os.environ["PDM_BENCH_CACHE"] = str(root / "cache")
+    try:
+        assert run([*TINY_STUDY, "--results-dir", str(root / "results")]) == 0
+    finally:
+        os.environ.pop("PDM_BENCH_CACHE", None)
+    return root / "results"
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_study_report_has_the_four_tables_from_measured_rows(study: Path) -> None:
+    report = study / "report"
+    table1 = read_csv(report / "table1_accuracy.csv")
+    assert [r["dataset"] for r in table1] == ["digits (quick)"]
+    assert {"baseline", "rce", "siamese_rvl", "pdm"} <= set(table1[0])
+    rows = ResultsStore(study).rows()
+    stored = {r.defense: r.value for r in rows if r.threat == "model" and r.metric == "test_accuracy"}
+    assert float(table1[0]["pdm"]) == pytest.approx(100 * stored["pdm"], abs=0.006)
+    table2 = {r["attack"]: r for r in read_csv(report / "table2_graybox_auc.csv")}
+    assert table2["cw-hc"]["digits (quick) pdm"] == "not run"  # not in --attacks
+    auc = float(table2["cw"]["digits (quick) pdm"])
+    assert 0.0 <= auc <= 1.0
+    for name in ("table3_whitebox_distortion", "table4_blackbox_auc"):
+        record = read_csv(report / f"{name}.csv")[0]
+        assert record["pdm"] != "" and "siamese_rvl" not in record  # measured or "not run", never blank
+    tex = (report / "tables.tex").read_text()
+    assert tex.count(r"\begin{tabular}") == 4 and r"\toprule" in tex
+
+
+@pytest.mark.slow
+def test_rerunning_the_study_reuses_everything(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = len(ResultsStore(study).rows())
+    os.environ["PDM_BENCH_CACHE"] = str(study.parent / "cache")
+    try:
+        assert run([*TINY_STUDY, "--results-dir", str(study), "--threats", "gray"]) == 0
+    finally:
+        os.environ.pop("PDM_BENCH_CACHE", None)
+    out = capsys.readouterr().out
+    assert out.count("Reusing cached model") == 4 + 3 and "already in" in out and "trained in" not in out
+    assert len(ResultsStore(study).rows()) == before
+
+
+def chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(study: Path, tmp_path: Path) -> None:
+    browser = chromium()
+    if browser is None:
+        if os.environ.get("PDM_BENCH_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed, and PDM_BENCH_REQUIRE_BROWSER is set (.ci/run installs it)")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    page = (study / "report" / "report.html").resolve().as_uri()
+    flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    for key in ("table1_accuracy", "table2_graybox_auc", "table3_whitebox_distortion", "table4_blackbox_auc"):
+        assert f'id="{key}"' in dom
+    figures = set(re.findall(r'<figure id="([a-z0-9-]+?)-digits-quick">', dom))
+    assert {"resiliency", "tsne", "flow-cw", "bound"} <= figures
+    assert len(re.findall(r'<img src="data:image/png;base64,', dom)) >= 4
+    assert "http://" not in dom.split("</style>")[0] and "<script" not in dom  # self-contained, nothing to fetch
+    shot = tmp_path / "report.png"
+    subprocess.run([browser, *flags, f"--screenshot={shot}", "--window-size=1200,3000", page], capture_output=True,
+                   timeout=120, check=False)
+    from PIL import Image
+
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (3000, 1200) and pixels.std() > 10  # drawn, not a blank page

@@ -1,0 +1,91 @@
+"""Report tables from hand-made rows: 'not run' cells, best-of-row marks, seed averaging, escaping in LaTeX and HTML."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import pytest
+
+from pdm_bench.reports.formats import latex_escape, tables_tex, to_csv
+from pdm_bench.reports.generator import write_report
+from pdm_bench.reports.tables import NOT_RUN, RowIndex, accuracy_table, blackbox_table, graybox_table, whitebox_table
+from pdm_bench.results import ResultRow, ResultsStore
+
+
+def row(defense: str, threat: str, attack: str, metric: str, value: float, *, seed: int = 0, run: str | None = None,
+        time: str = "2026-11-25T10:00:00", dataset: str = "mnist", n: int = 100) -> ResultRow:
+    return ResultRow(dataset, "quick", seed, defense, threat, attack, metric, value, n, run or f"{defense}-{threat}-{seed}", time)
+
+
+def study_rows() -> list[ResultRow]:
+    rows = [row(d, "model", "clean", "test_accuracy", acc, n=10000)
+            for d, acc in (("baseline", 0.9911), ("rce", 0.9858), ("siamese_rvl", 0.9917), ("pdm", 0.9886))]
+    for d, auc in (("baseline", 0.95), ("rce", 0.90), ("pdm", 0.97)):
+        rows += [row(d, "gray", "cw", "auc", auc), row(d, "gray", "cw", "auc_low", auc - 0.01),
+                 row(d, "gray", "cw", "auc_high", auc + 0.01), row(d, "gray", "cw", "success_rate", 0.5),
+                 row(d, "gray", "cw", "pairs_kept", 50)]
+    rows += [row("baseline", "white", "cw-wb", "distortion", 0.06), row("baseline", "white", "cw-wb", "criterion_met", 1.0),
+             row("rce", "white", "cw-wb", "distortion", 0.11), row("rce", "white", "cw-wb", "criterion_met", 0.0)]
+    return rows
+
+
+def test_missing_cells_say_not_run_and_the_best_value_is_marked() -> None:
+    index = RowIndex(study_rows())
+    gray = graybox_table(index)
+    column = ("mnist (quick)", "pdm")
+    assert gray.cell("cw", column).best and not gray.cell("cw", ("mnist (quick)", "rce")).best
+    assert gray.text(gray.cell("cw-hc", column)) == NOT_RUN  # the paper's attack list, measured or not
+    assert gray.cell("cw", column).low == pytest.approx(0.96)
+    assert ("mnist (quick)", "siamese_rvl") not in gray.columns  # trained only: no threat-model column
+    accuracy = accuracy_table(index)
+    assert accuracy.text(accuracy.cell("mnist (quick)", ("", "siamese_rvl"))) == "99.17"
+    assert accuracy.cell("mnist (quick)", ("", "siamese_rvl")).best
+    white = whitebox_table(index)
+    assert white.cell("mnist (quick)", ("", "rce")).flag == "criterion not met"
+    assert white.text(white.cell("mnist (quick)", ("", "pdm"))) == NOT_RUN
+    black = blackbox_table(index)
+    assert all(black.text(black.cell("mnist (quick)", c)) == NOT_RUN for c in black.columns)
+
+
+def test_newest_run_per_seed_is_used_and_seeds_are_averaged() -> None:
+    rows = [row("pdm", "gray", "cw", "auc", 0.5, run="old", time="2026-11-24T00:00:00"),
+            row("pdm", "gray", "cw", "auc", 0.9, run="new", time="2026-11-25T00:00:00"),
+            row("pdm", "gray", "cw", "auc", 0.7, seed=1, run="seed1")]
+    cell = graybox_table(RowIndex(rows)).cell("cw", ("mnist (quick)", "pdm"))
+    assert cell.value == pytest.approx(0.8) and cell.seeds == 2
+    assert cell.low is None  # no single-run interval for a mean over seeds
+
+
+def test_csv_and_latex_carry_values_intervals_and_not_run() -> None:
+    index = RowIndex(study_rows())
+    records = list(csv.reader(io.StringIO(to_csv(graybox_table(index)))))
+    header, cw = records[0], next(r for r in records if r[0] == "cw")
+    assert cw[header.index("mnist (quick) pdm")] == "0.970"
+    assert cw[header.index("mnist (quick) pdm ci_low")] == "0.9600"
+    cw_hc = next(r for r in records if r[0] == "cw-hc")
+    assert cw_hc[header.index("mnist (quick) pdm")] == NOT_RUN
+    tex = tables_tex([accuracy_table(index), graybox_table(index), whitebox_table(index)])
+    assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{0.970}" in tex
+    assert r"siamese\_rvl" in tex and r"\textit{not run}" in tex and r"$^\dagger$" in tex
+
+
+def test_latex_escape() -> None:
+    assert latex_escape("a_b & 50% #1 {x}") == r"a\_b \& 50\% \#1 \{x\}"
+
+
+def test_html_escapes_user_supplied_names(tmp_path: Path) -> None:
+    evil = "<script>alert(1)</script>"
+    ResultsStore(tmp_path).append([*study_rows(), row(evil, "gray", "cw", "auc", 0.6)])
+    write_report(tmp_path, tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert evil not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "paper 0.994" in html  # MNIST cells show the paper's value beside ours
+
+
+def test_report_of_an_empty_directory_is_a_one_line_error(cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = cli("report", "--results-dir", str(tmp_path))
+    assert result.code == 2 and "No results in" in result.err and "Traceback" not in result.err
+    result = cli("report", "--results-dir", str(tmp_path / "absent"))
+    assert result.code == 2 and "does not exist" in result.err

@@ -266,6 +266,14 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
             ThreatModel(name)
         except ValueError:
             raise unknown_name_error("threat model", name, [t.value for t in ThreatModel]) from None
+    if n_samples is not None and n_samples <= 0:
+        raise UserError(f"--n-samples must be a positive number of test images, got {n_samples}")
+    if attacks:
+        from pdm_bench.threat_models.gray import parse_attack
+
+        for name in attacks.split(","):
+            parse_attack(name.strip())  # an unknown attack fails now, not after four trainings
+    WhiteBoxOptions.pop(dict(white)).runner(ThreatModel.WHITE)  # so does a bad C&W-wb budget
     results_dir = results_dir if results_dir is not None else Path("pdm-results") / f"{dataset.replace('/', '_').replace(':', '_')}-{preset}"
     shared = {"dataset": dataset, "preset": preset, "seed": seed, "epochs": epochs, "data_dir": data_dir,
               "cache_dir": cache_dir, "device": device, "progress": progress, "defense_options": ()}

@@ -53,8 +53,8 @@ def to_csv(table: Table) -> str:
 
 def _latex_cell(table: Table, cell: Cell) -> str:
     text = table.text(cell)
-    if cell.value is None or text == NOT_RUN:
-        return r"\textit{not run}"
+    if cell.value is None or not math.isfinite(cell.value):
+        return rf"\textit{{{text}}}"
     if cell.best:
         text = rf"\textbf{{{text}}}"
     if cell.low is not None and cell.high is not None:

@@ -19,7 +19,7 @@ from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, f
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
                                             paper_dataset)
-from pdm_bench.reports.tables import NOT_RUN, RowIndex, Table, all_tables, block_name
+from pdm_bench.reports.tables import RowIndex, Table, all_tables, block_name
 from pdm_bench.results import ResultsStore
 
 DATASET_NOTES = {
@@ -109,7 +109,8 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
             interval = (f"[{cell.low * table.scale:.{table.digits}f}, {cell.high * table.scale:.{table.digits}f}]"
                         if cell.low is not None and cell.high is not None and math.isfinite(cell.low) else "")
             notes = ", ".join(f"{k} {_short(v)}" for k, v in cell.notes.items() if k != "criterion met")
-            cells.append({"text": table.text(cell), "missing": table.text(cell) == NOT_RUN, "best": cell.best,
+            cells.append({"text": table.text(cell), "missing": cell.value is None or not math.isfinite(cell.value),
+                          "best": cell.best,
                           "interval": interval, "notes": notes if cell.value is not None else "", "flag": cell.flag,
                           "seeds": cell.seeds,
                           "paper": "" if paper is None else f"{paper:.{max(table.digits, 2) if paper < 10 else 2}f}"})
@@ -127,6 +128,7 @@ def _short(value: float) -> str:
 def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
     """Dataset notes, and for each run the tables and figures use: preset, seed, N, bandwidth, versions, device, commit."""
     runs = read_runs(results_dir)
+    environments: dict[tuple[str, str, str], int] = {}
     used = []
     for run_id in sorted(index.used_runs, key=lambda r: (index.run_time[r], r)):
         first = next(iter(index.by_run[run_id].values()))
@@ -136,13 +138,16 @@ def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
         used.append({"run_id": run_id, "dataset": first.dataset, "preset": first.preset, "seed": first.seed,
                      "defense": first.defense, "threat": first.threat, "n": clean.n if clean else "",
                      "bandwidth": f"{bandwidth:.4g}" if bandwidth is not None else "",
-                     "date": index.run_time[run_id], "device": record.get("device", "not recorded"),
-                     "commit": str(record.get("git_commit", "not recorded"))[:19],
-                     "versions": ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items())) or "not recorded",
-                     "command": record.get("command", "not recorded")})
+                     "date": index.run_time[run_id], "command": record.get("command", "not recorded"),
+                     "environment": environments.setdefault(
+                         (str(record.get("device", "not recorded")), str(record.get("git_commit", "not recorded")),
+                          ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items())) or "not recorded"),
+                         len(environments) + 1)})
     datasets = sorted({d for d, _ in index.blocks})
     return {"datasets": [{"name": d, "note": DATASET_NOTES.get(d, "image folder or plugin dataset")} for d in datasets],
             "runs": used, "seeds": sorted({r["seed"] for r in used}),
+            "environments": [{"number": k, "device": d, "commit": c, "versions": v}
+                             for (d, c, v), k in sorted(environments.items(), key=lambda item: item[1])],
             "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "generator_commit": git_commit(), "versions": versions()}
 
 

@@ -17,6 +17,7 @@ BUILT_IN_ORDER = ("baseline", "rce", "siamese_rvl", "pdm")
 GRAY_ORDER = ("fgsm-0.05", "fgsm-0.1", "bim-0.05", "bim-0.1", "cw", "cw-hc", "jsma")
 WB = "cw-wb"
 NOT_RUN = "not run"
+NO_PAIRS = "no pairs"  # measured, but the attack succeeded on no image (an AUC or distortion of nothing)
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,9 @@ class Table:
         return self.cells.get((row, column), Cell(None))
 
     def text(self, cell: Cell) -> str:
-        return NOT_RUN if cell.value is None or not math.isfinite(cell.value) else f"{cell.value * self.scale:.{self.digits}f}"
+        if cell.value is None:
+            return NOT_RUN
+        return NO_PAIRS if not math.isfinite(cell.value) else f"{cell.value * self.scale:.{self.digits}f}"
 
 
 def defense_order(names: Iterable[str]) -> list[str]:

@@ -89,3 +89,16 @@ def test_report_of_an_empty_directory_is_a_one_line_error(cli, tmp_path: Path) -
     assert result.code == 2 and "No results in" in result.err and "Traceback" not in result.err
     result = cli("report", "--results-dir", str(tmp_path / "absent"))
     assert result.code == 2 and "does not exist" in result.err
+
+
+@pytest.mark.parametrize("args, expected", [
+    (("--threats", "gray,grey"), "Unknown threat model 'grey'. Did you mean: gray?"),
+    (("--n-samples", "0"), "--n-samples must be a positive number of test images, got 0"),
+    (("--attacks", "fgsm-0.1,cwx"), "Unknown attack 'cwx'. Did you mean: cw?"),
+    (("--cw-iterations", "-3"), "--cw-iterations must be a positive integer, got -3"),
+    (("--dataset", "mnistt"), "Unknown dataset 'mnistt'. Did you mean: mnist?"),
+])
+def test_paper_refuses_bad_input_before_any_work(cli, tmp_path: Path, args: tuple[str, ...], expected: str) -> None:  # type: ignore[no-untyped-def]
+    result = cli("paper", "--dataset", "digits", "--results-dir", str(tmp_path / "r"), *args)
+    assert result.code == 2 and expected in result.err and len(result.err.strip().splitlines()) == 1
+    assert "Traceback" not in result.err and not (tmp_path / "r" / "results.csv").exists()

@@ -21,6 +21,12 @@ def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
     return NOT_RUN if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
+def _note(value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return NOT_RUN if value is None else "nan"
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:.4f}"
+
+
 def column_name(group: str, defense: str) -> str:
     return f"{group} {defense}".strip()
 
@@ -45,7 +51,7 @@ def to_csv(table: Table) -> str:
             if has_interval:
                 record += [_number(cell.low, table.digits + 1, table.scale), _number(cell.high, table.digits + 1, table.scale)]
             record.append(cell.seeds if cell.value is not None else NOT_RUN)
-            record += [_number(cell.notes.get(n), 4) if cell.value is not None else NOT_RUN for n in note_names]
+            record += [_note(cell.notes.get(n)) if cell.value is not None else NOT_RUN for n in note_names]
             record.append(cell.flag)
         writer.writerow(record)
     return buffer.getvalue()

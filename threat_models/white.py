@@ -248,6 +248,12 @@ def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, GaussianKDE], x: 
     return Scored(x_adv, pred, adv_score, keep, auc, success_rate(y, clean_pred, pred), per_image, seconds)
 
 
+def seconds_spent(*parts: float) -> float:
+    """Time spent on the parts that ran (NaN marks one reused from the cache); NaN when none ran."""
+    spent = [p for p in parts if not math.isnan(p)]
+    return float(sum(spent)) if spent else float("nan")
+
+
 def mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
@@ -342,7 +348,7 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         ev.row(f"{WB}@{r.index + 1}", "success_rate", r.wb.success, correct),
         ev.row(f"{WB}@{r.index + 1}", "distortion", mean_or_nan(r.wb.distortion), len(r.wb.keep)),
         ev.row(f"{WB}@{r.index + 1}", "stage1_success_rate", r.stage1.success, correct),
-        ev.row(f"{WB}@{r.index + 1}", "attack_seconds", r.stage1.seconds + r.wb.seconds, len(y)))]
+        ev.row(f"{WB}@{r.index + 1}", "attack_seconds", seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
     main = scored_rows(ev, WB, final.wb, y, clean_pred)
     # The distortion row goes last: it marks the run finished (see the skip above).
     ev.results.append([*scored_rows(ev, CW, search.plain, y, clean_pred), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),

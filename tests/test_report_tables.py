@@ -102,3 +102,12 @@ def test_paper_refuses_bad_input_before_any_work(cli, tmp_path: Path, args: tupl
     result = cli("paper", "--dataset", "digits", "--results-dir", str(tmp_path / "r"), *args)
     assert result.code == 2 and expected in result.err and len(result.err.strip().splitlines()) == 1
     assert "Traceback" not in result.err and not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_provenance_marks_the_jpeg_copy_and_unrecorded_runs(tmp_path: Path) -> None:
+    ResultsStore(tmp_path).append([row("pdm", "gray", "cw", "auc", 0.9, dataset="cifar10-jpeg"),
+                                   row("pdm", "gray", "clean", "bandwidth", 0.25, dataset="cifar10-jpeg")])
+    write_report(tmp_path, tmp_path / "out")
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "CIFAR-10 as a JPEG copy" in html and "not recorded" in html  # no runs/<id>.json: said, not invented
+    assert "<td>0.25</td>" in html and "paper 0.933" in html  # its bandwidth; compared with the paper's CIFAR-10

@@ -91,7 +91,8 @@ def to_latex(table: Table) -> str:
     lines += [r"\bottomrule", r"\end{tabular}"]
     caption = latex_escape(table.title)
     if any(c.flag for c in table.cells.values()):
-        caption += r" $^\dagger$: the budget schedule ended without meeting the paper's criterion (every attack succeeds, AUC $\le 0.5$)."
+        caption += (r" $^\dagger$: the budget schedule ended without meeting the paper's criterion (every attack succeeds, "
+                    r"AUC $\le 0.5$; in the black box, on the proxy).")
     lines += [rf"\caption{{{caption}}}", rf"\label{{tab:{table.key}}}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 

@@ -178,7 +178,8 @@ def _per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, me
         for defense in defenses:
             cell = index.cell(dataset, preset, defense, threat, WB, metric, interval=interval, notes=notes)
             if cell.value is not None and cell.notes.get("criterion met", 1.0) < 1.0:
-                cell = Cell(cell.value, cell.low, cell.high, cell.seeds, cell.notes, "criterion not met")
+                flag = "criterion not met" if threat == "white" else "criterion not met on the proxy"
+                cell = Cell(cell.value, cell.low, cell.high, cell.seeds, cell.notes, flag)
             cells[(block_name(dataset, preset), ("", defense))] = cell
     table = Table(key, title, "dataset", [block_name(d, p) for d, p in blocks], [("", f) for f in defenses], cells,
                   digits=4 if metric == "distortion" else 3)
@@ -201,7 +202,8 @@ def blackbox_table(index: RowIndex) -> Table:
         index, key="table4_blackbox_auc", title="Table 4: detection AUC under the black-box threat model",
         threat="black", metric="auc", interval=True,
         notes=(("transfer success", WB, "success_rate"), ("pairs", WB, "pairs_kept"),
-               ("proxy agreement", WB, "proxy_agreement")))
+               ("proxy agreement", WB, "proxy_agreement"), ("criterion met", WB, "criterion_met"),
+               ("budget rung", WB, "budget_rung")))
 
 
 def all_tables(index: RowIndex) -> list[Table]:

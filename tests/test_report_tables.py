@@ -47,6 +47,8 @@ def test_missing_cells_say_not_run_and_the_best_value_is_marked() -> None:
     assert white.text(white.cell("mnist (quick)", ("", "pdm"))) == NOT_RUN
     black = blackbox_table(index)
     assert all(black.text(black.cell("mnist (quick)", c)) == NOT_RUN for c in black.columns)
+    proxy_short = RowIndex([row("pdm", "black", "cw-wb", "auc", 0.95), row("pdm", "black", "cw-wb", "criterion_met", 0.0)])
+    assert blackbox_table(proxy_short).cell("mnist (quick)", ("", "pdm")).flag == "criterion not met on the proxy"
 
 
 def test_newest_run_per_seed_is_used_and_seeds_are_averaged() -> None:

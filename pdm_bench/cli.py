@@ -44,14 +44,17 @@ def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
     return options
 
 
-def model_options(command: Callable[..., None]) -> Callable[..., None]:
-    """The options that pick and train a model, shared by ``train`` and ``run``."""
-    options = [
-        click.option("--dataset", default="digits", show_default=True,
-                     help=f"{', '.join(DATASET_NAMES)}, or folder:PATH for an image folder (train/<class>/*, test/<class>/*)"),
+def _data_and_training_options(*, dataset_default: str, with_defense: bool) -> list[Callable[..., Any]]:
+    """Dataset, preset, epochs, seed, data/cache dirs, device, progress; with ``with_defense``, the defense too."""
+    defense = [
         click.option("--defense", default="pdm", show_default=True, help="A defense name; `pdm-bench list` shows them all."),
         click.option("--defense-option", "-o", "defense_options", multiple=True, metavar="NAME=VALUE",
                      help="Set a defense option, e.g. -o q=0.7 -o rvl_weight=2 (repeatable)."),
+    ] if with_defense else []
+    return [
+        click.option("--dataset", default=dataset_default, show_default=True,
+                     help=f"{', '.join(DATASET_NAMES)}, or folder:PATH for an image folder (train/<class>/*, test/<class>/*)"),
+        *defense,
         click.option("--preset", default=PresetName.QUICK.value, show_default=True,
                      type=click.Choice([p.value for p in PresetName]), help="quick: small ResNet for a CPU; paper: ResNet-56."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count."),
@@ -63,9 +66,22 @@ def model_options(command: Callable[..., None]) -> Callable[..., None]:
         click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}."),
         click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."),
     ]
+
+
+def _apply(options: list[Callable[..., Any]], command: Callable[..., None]) -> Callable[..., None]:
     for option in reversed(options):
         command = option(command)
     return command
+
+
+def model_options(command: Callable[..., None]) -> Callable[..., None]:
+    """The options that pick and train a model, shared by ``train`` and ``run``."""
+    return _apply(_data_and_training_options(dataset_default="digits", with_defense=True), command)
+
+
+def study_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``model_options`` without the defense (a study trains all of them), on MNIST by default."""
+    return _apply(_data_and_training_options(dataset_default="mnist", with_defense=False), command)
 
 
 @dataclass(frozen=True)
@@ -235,23 +251,13 @@ STUDY_ATTACKED = ("baseline", "rce", "pdm")
 
 
 @cli.command()
-@click.option("--dataset", default="mnist", show_default=True, help="The study's dataset (as for `train`).")
-@click.option("--preset", default=PresetName.QUICK.value, show_default=True, type=click.Choice([p.value for p in PresetName]),
-              help="quick: for a CPU; paper: the full-scale run for a GPU.")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count.")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
-              help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA].")
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
-              help="Decoded data and trained models [env PDM_BENCH_CACHE].")
-@click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}.")
+@study_options
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="[default: pdm-results/DATASET-PRESET]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: RESULTS_DIR/report].")
 @click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated subset of the threat models.")
 @click.option("--n-samples", type=int, default=None, help="Test images attacked [default: the preset's].")
 @click.option("--attacks", default=None, help="Gray-box attack subset (default: all seven).")
-@click.option("--progress/--no-progress", default=None)
 @white_box_options
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,

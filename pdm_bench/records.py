@@ -66,7 +66,7 @@ def write_tsne(directory: Path, key: str, coords: Any, labels: Any) -> None:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(("x", "y", "label"))
     writer.writerows((f"{a:.5g}", f"{b:.5g}", int(c)) for (a, b), c in zip(coords.tolist(), labels.tolist()))
-    _atomic_write(tsne_path(directory, key), buffer.getvalue())
+    atomic_write_text(tsne_path(directory, key), buffer.getvalue())
 
 
 def read_tsne(directory: Path, key: str) -> tuple[list[float], list[float], list[int]] | None:
@@ -114,7 +114,7 @@ def record_run(store: ResultsStore, run_id: str, *, command: str, device: torch.
     """``runs/<run_id>.json``: the command, versions, device, git commit and date, with ``details`` (N, settings)."""
     payload = {"run_id": run_id, "command": command, "date": now(),
                "git_commit": git_commit(), "device": device_description(device), "versions": versions(), **details}
-    _atomic_write(store.directory / "runs" / f"{run_id}.json", json.dumps(payload, indent=2, sort_keys=True, default=str))
+    atomic_write_text(store.directory / "runs" / f"{run_id}.json", json.dumps(payload, indent=2, sort_keys=True, default=str))
 
 
 def read_runs(directory: Path) -> dict[str, dict[str, Any]]:
@@ -129,8 +129,10 @@ def read_runs(directory: Path) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def _atomic_write(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` through a temporary file and ``os.replace``: a reader sees the old file or the new, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return path

@@ -7,14 +7,13 @@ Everything comes from ``RESULTS_DIR``: ``results.csv`` (the rows), ``embeddings/
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pdm_bench.errors import UserError
-from pdm_bench.records import git_commit, read_runs, versions
+from pdm_bench.records import atomic_write_text, git_commit, read_runs, versions
 from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, flow_figure, resiliency_figure, tsne_figure
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
@@ -57,19 +56,12 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for table in tables:
-        written.append(_write(out / f"{table.key}.csv", to_csv(table)))
-    written.append(_write(out / "tables.tex", tables_tex(tables)))
+        written.append(atomic_write_text(out / f"{table.key}.csv", to_csv(table)))
+    written.append(atomic_write_text(out / "tables.tex", tables_tex(tables)))
     html = render_html(tables=[html_table(t, index) for t in tables], sections=sections,
                        provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir))
-    written.append(_write(out / "report.html", html))
+    written.append(atomic_write_text(out / "report.html", html))
     return written
-
-
-def _write(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def paper_value(table: Table, row: str, column: tuple[str, str], index: RowIndex) -> float | None:

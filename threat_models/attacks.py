@@ -229,9 +229,6 @@ class CarliniWagnerL2LineSearch(EvasionAttack):
         "max_doubling", "batch_size", "verbose",
     ]
     _estimator_requirements = (PyTorchClassifier,)
-    # Images never fully successful come back unchanged (cleverhans); a subclass with a penalty may instead return
-    # its best try: the label goal met with the smallest penalty left.
-    keep_best_try = False
 
     def __init__(self, classifier: PyTorchClassifier, *, confidence: float = 0.0, targeted: bool = False,
                  learning_rate: float = 0.01, binary_search_steps: int = 10, max_iter: int = 10,

@@ -73,6 +73,39 @@ def test_gray_rows_and_a_rerun_redoes_nothing(evaluation_parts: tuple[Any, Any, 
     assert {(r.attack, r.metric): r.value for r in again}[("fgsm-0.1", "auc")] == got[("fgsm-0.1", "auc")]
 
 
+def test_a_kill_inside_a_long_attack_loses_only_the_unfinished_chunk(evaluation_parts: tuple[Any, Any, Any],
+                                                                    tmp_path: Path) -> None:
+    data, trained, kde = evaluation_parts
+    ev = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 120, 0), ResultsStore(tmp_path), CPU, 0,
+                    log=lambda _: None, chunk_size=50)
+    x = data.x_test[ev.indices]
+    made: list[tuple[int, int]] = []
+
+    def make(part: slice) -> np.ndarray:
+        made.append((part.start, part.stop))
+        if part.start == 50 and len(made) == 2:
+            raise KeyboardInterrupt  # killed in the middle of the second chunk
+        return x[part] + 0.01
+
+    with pytest.raises(KeyboardInterrupt):
+        ev.cached_adversarials("fake", {}, make)
+    images, seconds = ev.cached_adversarials("fake", {}, make)
+    assert made == [(0, 50), (50, 100), (50, 100), (100, 120)]  # the first chunk was not made again
+    np.testing.assert_allclose(images, x + 0.01)
+    assert seconds >= 0.0
+    assert not list((tmp_path / "adversarial").glob("*.parts"))  # assembled into one file, chunks removed
+    again, seconds_again = ev.cached_adversarials("fake", {}, make)
+    assert len(made) == 4 and np.isnan(seconds_again) and np.array_equal(again, images)
+    # Chunking does not change an attack's images (C&W is per image: early abort and binary search per image).
+    l2_means = []
+    for chunk_size, directory in ((10, "chunked"), (30, "whole")):
+        small = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 30, 0),
+                           ResultsStore(tmp_path / directory), CPU, 0, log=lambda _: None, chunk_size=chunk_size)
+        rows = run_gray(small, ["cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
+        l2_means.append({(r.attack, r.metric): r.value for r in rows}[("cw", "l2_mean")])
+    assert l2_means[0] == pytest.approx(l2_means[1], rel=1e-4)
+
+
 def test_results_file_that_is_not_ours_is_refused_and_kept(tmp_path: Path) -> None:
     path = tmp_path / "results.csv"
     path.write_text("name,score\nalice,3\n")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -16,6 +18,7 @@ from pdm_bench.config import config_key
 from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.kde import GaussianKDE
+from pdm_bench.records import atomic_write_text
 from pdm_bench.results import ResultRow, ResultsStore, now
 from pdm_bench.training import TrainedModel
 
@@ -94,6 +97,8 @@ class Evaluation:
     seed: int
     settings: dict[str, Any] = field(default_factory=dict)
     log: Log = print
+    # Images per stored chunk of an attack's output (not part of the run id: the images do not depend on it).
+    chunk_size: int = 200
 
     @property
     def run_id(self) -> str:
@@ -106,23 +111,67 @@ class Evaluation:
         return ResultRow(self.dataset.name, plan.preset, plan.seed, self.trained.defense.name, self.threat.value,
                          attack, metric, float(value), int(n), self.run_id, now())
 
-    def cached_adversarials(self, attack: str, params: dict[str, Any], make: Callable[[], np.ndarray]) -> tuple[np.ndarray, bool]:
-        """``make()``'s output, stored under the results directory so a rerun or a resumed run reuses it."""
+    def cached_adversarials(self, attack: str, params: dict[str, Any],
+                            make: Callable[[slice], np.ndarray]) -> tuple[np.ndarray, float]:
+        """Adversarial examples for the run's images, stored under the results directory, and the seconds spent
+        making them (NaN when all came from the store).
+
+        ``make(part)`` attacks the images ``part`` of the run's sample. They are made ``chunk_size`` at a time and
+        each finished chunk is kept on disk at once, so a run killed in a long attack resumes at the first
+        unfinished chunk (the attacks are per image: chunking does not change the images).
+        """
         key = config_key({"run": self.run_id, "attack": attack, **params})
         path = self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
-        expected = (len(self.indices), *self.dataset.input_shape)
-        if path.exists():
-            try:
-                cached = np.load(path)
-                if cached.shape == expected:
-                    return cached, True
-            except (OSError, ValueError):
-                pass  # a torn or foreign file: regenerate
-        adversarial = np.asarray(make(), dtype=np.float32)
-        if adversarial.shape != expected:
-            raise RuntimeError(f"expected adversarial examples of shape {expected}, got {adversarial.shape}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, adversarial)
-        os.replace(tmp, path)
-        return adversarial, False
+        n = len(self.indices)
+        expected = (n, *self.dataset.input_shape)
+        whole = _load_array(path, expected)
+        if whole is not None:
+            return whole, float("nan")
+        parts_dir = path.with_name(f"{path.stem}.parts")
+        pieces, seconds = [], 0.0
+        for lo in range(0, n, self.chunk_size):
+            part = slice(lo, min(lo + self.chunk_size, n))
+            piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
+            piece = _load_array(piece_path, (part.stop - part.start, *expected[1:]))
+            seconds_path = piece_path.with_suffix(".seconds")
+            if piece is None:
+                started = time.perf_counter()
+                piece = np.asarray(make(part), dtype=np.float32)
+                if piece.shape != (part.stop - part.start, *expected[1:]):
+                    raise RuntimeError(f"expected adversarial examples of shape {(part.stop - part.start, *expected[1:])}, "
+                                       f"got {piece.shape}")
+                _save_array(piece_path, piece)
+                atomic_write_text(seconds_path, f"{time.perf_counter() - started:.3f}\n")
+                if n > self.chunk_size:
+                    self.log(f"{attack}: images {part.start + 1}-{part.stop} of {n} done and stored")
+            pieces.append(piece)
+            seconds += _read_seconds(seconds_path)
+        adversarial = np.concatenate(pieces)
+        _save_array(path, adversarial)
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        return adversarial, seconds
+
+
+def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The array stored at ``path`` if it is there, readable and of ``shape``; else None (then it is made again)."""
+    if not path.exists():
+        return None
+    try:
+        stored = np.load(path)
+    except (OSError, ValueError):
+        return None  # a torn or foreign file
+    return stored if stored.shape == shape else None
+
+
+def _save_array(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _read_seconds(path: Path) -> float:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return float("nan")

@@ -258,12 +258,15 @@ STUDY_ATTACKED = ("baseline", "rce", "pdm")
 @click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated subset of the threat models.")
 @click.option("--n-samples", type=int, default=None, help="Test images attacked [default: the preset's].")
 @click.option("--attacks", default=None, help="Gray-box attack subset (default: all seven).")
+@click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Steps run at once, as subprocesses with CPUs/JOBS torch threads each, logs in RESULTS_DIR/logs/.")
 @white_box_options
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
-          attacks: str | None, progress: bool | None, **white: Any) -> None:
+          attacks: str | None, jobs: int, progress: bool | None, **white: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm; then the report. Rerun the same command to resume: finished models, attacks and rows are reused."""
+    from pdm_bench.study import Step, run_parallel
     from pdm_bench.threat_models.common import ThreatModel
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
@@ -283,19 +286,27 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     results_dir = results_dir if results_dir is not None else Path("pdm-results") / f"{dataset.replace('/', '_').replace(':', '_')}-{preset}"
     shared = {"dataset": dataset, "preset": preset, "seed": seed, "epochs": epochs, "data_dir": data_dir,
               "cache_dir": cache_dir, "device": device, "progress": progress, "defense_options": ()}
-    steps: list[tuple[str, Callable[[], None]]] = []
+    trainings = [Step(f"train {defense}", train, {"results_dir": results_dir, "defense": defense, **shared})
+                 for defense in STUDY_TRAINED]
+    attacks_steps = [Step(f"{threat} box, {defense}", run_command,
+                          {"threat": threat, "defense": defense, "results_dir": results_dir, "n_samples": n_samples,
+                           **({"attacks": attacks} if threat == "gray" else {}), **white, **shared})
+                     for threat in chosen for defense in STUDY_ATTACKED]
     ctx = click.get_current_context()
-    for defense in STUDY_TRAINED:
-        steps.append((f"train {defense}", lambda d=defense: ctx.invoke(train, results_dir=results_dir, defense=d, **shared)))
-    for threat in chosen:
-        for defense in STUDY_ATTACKED:
-            extra = {"attacks": attacks} if threat == "gray" else {}
-            steps.append((f"{threat} box, {defense}", lambda d=defense, t=threat, e=extra: ctx.invoke(
-                run_command, threat=t, defense=d, results_dir=results_dir, n_samples=n_samples, **e, **white, **shared)))
     started = time.perf_counter()
-    for number, (title, step) in enumerate(steps, start=1):
-        click.echo(f"\n=== [{number}/{len(steps)}] {title} ({time.perf_counter() - started:.0f} s into the study)")
-        step()
+    if jobs == 1:
+        for number, step in enumerate([*trainings, *attacks_steps], start=1):
+            click.echo(f"\n=== [{number}/{len(trainings) + len(attacks_steps)}] {step.title} "
+                       f"({time.perf_counter() - started:.0f} s into the study)")
+            ctx.invoke(step.command, **step.params)
+    else:
+        for phase, steps in (("training", trainings), ("attacks", attacks_steps)):
+            click.echo(f"\n=== {phase}: {len(steps)} steps, {jobs} at a time "
+                       f"({time.perf_counter() - started:.0f} s into the study)")
+            failed = run_parallel(steps, jobs=jobs, log_dir=results_dir / "logs", echo=click.echo)
+            if failed:
+                raise UserError(f"{len(failed)} of {len(steps)} {phase} steps failed: {'; '.join(failed)}; "
+                                "fix and rerun the same command to resume")
     ctx.invoke(report, results_dir=results_dir, out=out)
     click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused).")
 

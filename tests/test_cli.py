@@ -44,6 +44,7 @@ def test_list_shows_defenses_datasets_presets(cli: Callable[..., CliResult]) -> 
         (["train", "-o", "q"], "Error: --defense-option expects NAME=VALUE, got 'q'"),
         (["train", "-o", "q=2"], "Error: Bad options for defense 'pdm': q must be in [0, 1], got 2.0"),
         (["train", "--dataset", "mnist"], "Error: Dataset 'mnist' needs its files"),
+        (["paper", "--dataset", "digits", "--jobs", "0"], "Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1."),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(cli: Callable[..., CliResult], args: list[str], message: str) -> None:
@@ -92,3 +93,21 @@ def test_truncated_mnist_file_is_named_in_one_line(cli: Callable[..., CliResult]
     result = cli("train", "--dataset", "mnist", "--data-dir", str(tmp_path))
     assert result.code == 2 and result.err.count("\n") == 1
     assert "t10k-images-idx3-ubyte.gz" in result.err and "Traceback" not in result.err
+
+
+def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_path: Path) -> None:
+    from pdm_bench.cli import run_command, train
+    from pdm_bench.study import Step, command_argv
+
+    params = {"threat": "white", "defense": "rce", "results_dir": tmp_path, "n_samples": 12, "dataset": "digits",
+              "seed": 3, "epochs": None, "defense_options": ("q=0.7", "rvl_weight=2"), "progress": False,
+              "wb_max_iter": 60, "wb_threshold": "clean", "geometry": False}
+    argv = command_argv(run_command, params)
+    assert argv[0] == "run" and "--no-progress" in argv and "--epochs" not in argv
+    parsed = run_command.make_context("run", argv[1:]).params
+    for name, value in params.items():
+        expected = {"results_dir": tmp_path, "epochs": None}.get(name, value)
+        assert parsed[name] == expected, name
+    assert command_argv(train, {"defense": "pdm", "progress": True}) == ["train", "--defense", "pdm", "--progress"]
+    assert Step("gray box, pdm", train).slug == "gray-box-pdm"
+

@@ -98,3 +98,27 @@ def test_report_renders_in_headless_chromium(study: Path, tmp_path: Path) -> Non
 
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (3000, 1200) and pixels.std() > 10  # drawn, not a blank page
+
+
+@pytest.mark.slow
+def test_parallel_jobs_add_the_missing_steps_as_subprocesses(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    before = ResultsStore(study).rows()
+    os.environ["PDM_BENCH_CACHE"] = str(study.parent / "cache")
+    try:
+        code = run([*TINY_STUDY, "--results-dir", str(study), "--threats", "gray", "--attacks", "fgsm-0.1,fgsm-0.05",
+                    "--jobs", "2"])
+    finally:
+        os.environ.pop("PDM_BENCH_CACHE", None)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert out.count("finished:") == 4 + 3 and "FAILED" not in out
+    rows = ResultsStore(study).rows()
+    assert list(map(repr, rows[:len(before)])) == list(map(repr, before))  # nothing lost or rewritten (NaN-safe)
+    new = {(r.defense, r.attack, r.metric) for r in rows[len(before):] if r.threat == "gray"}
+    assert {(d, "fgsm-0.05", "auc") for d in ("baseline", "rce", "pdm")} <= new
+    assert not {r for r in new if r[1] == "fgsm-0.1"}  # already there: reused
+    logs = study / "logs"
+    assert "Reusing cached model" in (logs / "train-pdm.log").read_text()
+    assert "pdm-bench run --threat gray" in (logs / "gray-box-rce.log").read_text()
+    table2 = {r["attack"]: r for r in read_csv(study / "report" / "table2_graybox_auc.csv")}
+    assert 0.0 <= float(table2["fgsm-0.05"]["digits (quick) rce"]) <= 1.0

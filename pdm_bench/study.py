@@ -1,0 +1,96 @@
+"""The steps of a study (``pdm-bench paper``), run one after another in this process or as parallel subprocesses.
+
+A step is a CLI command and its parameters. With ``jobs > 1`` each step becomes ``python -m pdm_bench <command>
+<options>`` (so it records its own command line), with ``cpu_count // jobs`` torch threads, its output in
+``RESULTS_DIR/logs/``. Steps in one phase must not depend on each other: ``paper`` trains every model in a first
+phase and attacks them in a second. The results file is written under a lock and every cache is keyed, so parallel
+steps only ever add to it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One command of a study and the parameters it is invoked with."""
+
+    title: str
+    command: click.Command
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
+
+
+def command_argv(command: click.Command, params: dict[str, Any]) -> list[str]:
+    """The command line that makes ``command`` see ``params`` (values that are None are left to their default)."""
+    if command.name is None:
+        raise ValueError("expected a named click command, got one without a name")
+    argv = [command.name]
+    for param in command.params:
+        if not isinstance(param, click.Option) or param.name not in params or params[param.name] is None:
+            continue
+        value = params[param.name]
+        if param.is_flag:
+            if param.secondary_opts:
+                argv.append(param.opts[0] if value else param.secondary_opts[0])
+            elif value:
+                argv.append(param.opts[0])
+        elif param.multiple:
+            for item in value:
+                argv += [param.opts[0], str(item)]
+        else:
+            argv += [param.opts[0], str(value)]
+    return argv
+
+
+def threads_per_job(jobs: int) -> int:
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
+def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Callable[[str], None]) -> list[str]:
+    """Run ``steps`` as up to ``jobs`` subprocesses at once; return one line per failed step (empty: all passed)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **{name: os.environ.get(name, str(threads_per_job(jobs))) for name in THREAD_VARIABLES}}
+
+    def run_step(step: Step) -> str | None:
+        log = log_dir / f"{step.slug}.log"
+        argv = command_argv(step.command, step.params)
+        started = time.perf_counter()
+        echo(f"  started:  {step.title} (log {log})")
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(f"\n$ pdm-bench {' '.join(argv)}\n")
+            handle.flush()
+            code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], stdout=handle, stderr=subprocess.STDOUT,
+                                  env=env, check=False).returncode
+        seconds = time.perf_counter() - started
+        if code == 0:
+            echo(f"  finished: {step.title} in {seconds:.0f} s")
+            return None
+        echo(f"  FAILED:   {step.title} (exit {code} after {seconds:.0f} s; last line: {_last_line(log)})")
+        return f"{step.title} (exit {code}, log {log})"
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        outcomes = list(pool.map(run_step, steps))
+    return [failure for failure in outcomes if failure is not None]
+
+
+def _last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "(no output)"

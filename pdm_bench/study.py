@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,7 @@ from typing import Any
 import click
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+INTERRUPTED = 130  # the exit code of a step stopped by Ctrl-C (cli.EXIT_INTERRUPTED)
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,18 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
         if code == 0:
             echo(f"  finished: {step.title} in {seconds:.0f} s")
             return None
-        echo(f"  FAILED:   {step.title} (exit {code} after {seconds:.0f} s; last line: {_last_line(log)})")
+        state = "stopped:  " if code in (INTERRUPTED, -signal.SIGINT) else "FAILED:   "
+        echo(f"  {state}{step.title} (exit {code} after {seconds:.0f} s; last line: {_last_line(log)})")
         return f"{step.title} (exit {code}, log {log})"
 
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
         outcomes = list(pool.map(run_step, steps))
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the running steps too (same process group): they save their work and exit; start no more.
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
     return [failure for failure in outcomes if failure is not None]
 
 

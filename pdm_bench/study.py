@@ -63,7 +63,9 @@ def command_argv(command: click.Command, params: dict[str, Any]) -> list[str]:
 
 
 def threads_per_job(jobs: int) -> int:
-    return max(1, (os.cpu_count() or 1) // jobs)
+    """The CPUs this process may use (its affinity, in a container its quota's view), shared among ``jobs``."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cpus // jobs)
 
 
 def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Callable[[str], None]) -> list[str]:

@@ -7,7 +7,7 @@ import io
 import math
 import re
 
-from pdm_bench.reports.tables import NOT_RUN, Cell, Table
+from pdm_bench.reports.tables import COUNT_NOTES, NOT_RUN, Cell, Table
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
@@ -21,10 +21,10 @@ def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
     return NOT_RUN if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
-def _note(value: float | None) -> str:
+def _note(name: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return NOT_RUN if value is None else "nan"
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.4f}"
+    return f"{value:.0f}" if name in COUNT_NOTES and float(value).is_integer() else f"{value:.4f}"
 
 
 def column_name(group: str, defense: str) -> str:
@@ -51,7 +51,7 @@ def to_csv(table: Table) -> str:
             if has_interval:
                 record += [_number(cell.low, table.digits + 1, table.scale), _number(cell.high, table.digits + 1, table.scale)]
             record.append(cell.seeds if cell.value is not None else NOT_RUN)
-            record += [_note(cell.notes.get(n)) if cell.value is not None else NOT_RUN for n in note_names]
+            record += [_note(n, cell.notes.get(n)) if cell.value is not None else NOT_RUN for n in note_names]
             record.append(cell.flag)
         writer.writerow(record)
     return buffer.getvalue()

@@ -18,7 +18,7 @@ from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, f
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
                                             paper_dataset)
-from pdm_bench.reports.tables import RowIndex, Table, all_tables, block_name
+from pdm_bench.reports.tables import COUNT_NOTES, RowIndex, Table, all_tables, block_name
 from pdm_bench.results import ResultsStore
 
 DATASET_NOTES = {
@@ -100,7 +100,7 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
             paper = paper_value(table, row, column, index)
             interval = (f"[{cell.low * table.scale:.{table.digits}f}, {cell.high * table.scale:.{table.digits}f}]"
                         if cell.low is not None and cell.high is not None and math.isfinite(cell.low) else "")
-            notes = ", ".join(f"{k} {_short(v)}" for k, v in cell.notes.items() if k != "criterion met")
+            notes = ", ".join(f"{k} {_short(k, v)}" for k, v in cell.notes.items() if k != "criterion met")
             cells.append({"text": table.text(cell), "missing": cell.value is None or not math.isfinite(cell.value),
                           "best": cell.best,
                           "interval": interval, "notes": notes if cell.value is not None else "", "flag": cell.flag,
@@ -113,8 +113,8 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
             "csv": f"{table.key}.csv", "empty": not table.rows or not table.columns}
 
 
-def _short(value: float) -> str:
-    return f"{value:.0f}" if float(value).is_integer() else f"{value:.3f}"
+def _short(name: str, value: float) -> str:
+    return f"{value:.0f}" if name in COUNT_NOTES and float(value).is_integer() else f"{value:.3f}"
 
 
 def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:

@@ -18,6 +18,7 @@ GRAY_ORDER = ("fgsm-0.05", "fgsm-0.1", "bim-0.05", "bim-0.1", "cw", "cw-hc", "js
 WB = "cw-wb"
 NOT_RUN = "not run"
 NO_PAIRS = "no pairs"  # measured, but the attack succeeded on no image (an AUC or distortion of nothing)
+COUNT_NOTES = frozenset({"pairs", "budget rung", "criterion met"})  # whole numbers; every other note is a rate
 
 
 @dataclass(frozen=True)

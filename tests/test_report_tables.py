@@ -66,8 +66,15 @@ def test_csv_and_latex_carry_values_intervals_and_not_run() -> None:
     header, cw = records[0], next(r for r in records if r[0] == "cw")
     assert cw[header.index("mnist (quick) pdm")] == "0.970"
     assert cw[header.index("mnist (quick) pdm ci_low")] == "0.9600"
+    assert cw[header.index("mnist (quick) pdm success")] == "0.5000" and cw[header.index("mnist (quick) pdm pairs")] == "50"
     cw_hc = next(r for r in records if r[0] == "cw-hc")
     assert cw_hc[header.index("mnist (quick) pdm")] == NOT_RUN
+    certain = [row("pdm", "gray", "cw", "auc", 1.0), row("pdm", "gray", "cw", "success_rate", 1.0),
+               row("pdm", "gray", "cw", "pairs_kept", 100)]
+    records = list(csv.reader(io.StringIO(to_csv(graybox_table(RowIndex(certain))))))
+    cw = next(r for r in records if r[0] == "cw")
+    assert cw[records[0].index("mnist (quick) pdm success")] == "1.0000"  # a rate stays a rate, a count a count
+    assert cw[records[0].index("mnist (quick) pdm pairs")] == "100"
     tex = tables_tex([accuracy_table(index), graybox_table(index), whitebox_table(index)])
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{0.970}" in tex
     assert r"siamese\_rvl" in tex and r"\textit{not run}" in tex and r"$^\dagger$" in tex

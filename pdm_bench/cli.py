@@ -266,7 +266,7 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
           attacks: str | None, jobs: int, progress: bool | None, **white: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm; then the report. Rerun the same command to resume: finished models, attacks and rows are reused."""
-    from pdm_bench.study import Step, run_parallel
+    from pdm_bench.study import Step, record_step, run_parallel
     from pdm_bench.threat_models.common import ThreatModel
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
@@ -298,7 +298,9 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
         for number, step in enumerate([*trainings, *attacks_steps], start=1):
             click.echo(f"\n=== [{number}/{len(trainings) + len(attacks_steps)}] {step.title} "
                        f"({time.perf_counter() - started:.0f} s into the study)")
+            step_started = time.perf_counter()
             ctx.invoke(step.command, **step.params)
+            record_step(results_dir / "logs", step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
     else:
         for phase, steps in (("training", trainings), ("attacks", attacks_steps)):
             click.echo(f"\n=== {phase}: {len(steps)} steps, {jobs} at a time "
@@ -308,7 +310,8 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
                 raise UserError(f"{len(failed)} of {len(steps)} {phase} steps failed: {'; '.join(failed)}; "
                                 "fix and rerun the same command to resume")
     ctx.invoke(report, results_dir=results_dir, out=out)
-    click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused).")
+    click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
+               f"Each step's time: {results_dir / 'logs' / 'steps.csv'}")
 
 
 @cli.command(name="list")

@@ -24,6 +24,7 @@ from typing import Any
 import click
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+STEP_TIMES = "steps.csv"  # in the log folder: one line per step run, so a resumed study's cost adds up
 INTERRUPTED = 130  # the exit code of a step stopped by Ctrl-C (cli.EXIT_INTERRUPTED)
 
 
@@ -62,6 +63,17 @@ def command_argv(command: click.Command, params: dict[str, Any]) -> list[str]:
     return argv
 
 
+def record_step(log_dir: Path, step: Step, *, seconds: float, status: str, jobs: int) -> None:
+    """Append ``finished_at,step,status,seconds,jobs`` to ``log_dir/steps.csv`` (one short line: an atomic append)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    path = log_dir / STEP_TIMES
+    line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')},{step.slug},{status},{seconds:.1f},{jobs}\n"
+    with open(path, "a", encoding="utf-8") as handle:
+        if handle.tell() == 0:
+            handle.write("finished_at,step,status,seconds,jobs\n")
+        handle.write(line)
+
+
 def threads_per_job(jobs: int) -> int:
     """The CPUs this process may use (its affinity, in a container its quota's view), shared among ``jobs``."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -85,10 +97,12 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
                                   env=env, check=False).returncode
         seconds = time.perf_counter() - started
         if code == 0:
+            record_step(log_dir, step, seconds=seconds, status="finished", jobs=jobs)
             echo(f"  finished: {step.title} in {seconds:.0f} s")
             return None
-        state = "stopped:  " if code in (INTERRUPTED, -signal.SIGINT) else "FAILED:   "
-        echo(f"  {state}{step.title} (exit {code} after {seconds:.0f} s; last line: {_last_line(log)})")
+        state = "stopped" if code in (INTERRUPTED, -signal.SIGINT) else "FAILED"
+        record_step(log_dir, step, seconds=seconds, status=state.lower(), jobs=jobs)
+        echo(f"  {state + ':':<10}{step.title} (exit {code} after {seconds:.0f} s; last line: {_last_line(log)})")
         return f"{step.title} (exit {code}, log {log})"
 
     pool = ThreadPoolExecutor(max_workers=jobs)

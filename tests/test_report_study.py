@@ -56,6 +56,10 @@ def test_study_report_has_the_four_tables_from_measured_rows(study: Path) -> Non
         assert record["pdm"] != "" and "siamese_rvl" not in record  # measured or "not run", never blank
     tex = (report / "tables.tex").read_text()
     assert tex.count(r"\begin{tabular}") == 4 and r"\toprule" in tex
+    steps = read_csv(study / "logs" / "steps.csv")[:4 + 9]  # the first call's steps: what each cost
+    assert [s["step"] for s in steps[:5]] == ["train-baseline", "train-rce", "train-siamese-rvl", "train-pdm",
+                                              "gray-box-baseline"]
+    assert len(steps) == 4 + 9 and all(s["status"] == "finished" and float(s["seconds"]) > 0 for s in steps)
 
 
 @pytest.mark.slow
@@ -118,6 +122,8 @@ def test_parallel_jobs_add_the_missing_steps_as_subprocesses(study: Path, capsys
     assert {(d, "fgsm-0.05", "auc") for d in ("baseline", "rce", "pdm")} <= new
     assert not {r for r in new if r[1] == "fgsm-0.1"}  # already there: reused
     logs = study / "logs"
+    parallel = [s for s in read_csv(logs / "steps.csv") if s["jobs"] == "2"]
+    assert len(parallel) == 7 and {s["status"] for s in parallel} == {"finished"}
     assert "Reusing cached model" in (logs / "train-pdm.log").read_text()
     assert "pdm-bench run --threat gray" in (logs / "gray-box-rce.log").read_text()
     table2 = {r["attack"]: r for r in read_csv(study / "report" / "table2_graybox_auc.csv")}

@@ -6,6 +6,8 @@ Everything comes from ``RESULTS_DIR``: ``results.csv`` (the rows), ``embeddings/
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -59,7 +61,8 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
         written.append(atomic_write_text(out / f"{table.key}.csv", to_csv(table)))
     written.append(atomic_write_text(out / "tables.tex", tables_tex(tables)))
     html = render_html(tables=[html_table(t, index) for t in tables], sections=sections,
-                       provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir))
+                       provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir),
+                       cost=study_cost(Path(results_dir)))
     written.append(atomic_write_text(out / "report.html", html))
     return written
 
@@ -141,6 +144,30 @@ def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
             "environments": [{"number": k, "device": d, "commit": c, "versions": v}
                              for (d, c, v), k in sorted(environments.items(), key=lambda item: item[1])],
             "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "generator_commit": git_commit(), "versions": versions()}
+
+
+def study_cost(results_dir: Path) -> dict[str, Any] | None:
+    """Seconds per step of ``pdm-bench paper`` summed over its calls (``logs/steps.csv``); None when there is none."""
+    path = results_dir / "logs" / "steps.csv"
+    try:
+        records = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    steps: dict[str, dict[str, Any]] = {}
+    for record in records:
+        try:
+            seconds = float(record["seconds"])
+        except (KeyError, TypeError, ValueError):
+            continue  # a torn last line
+        step = steps.setdefault(record["step"], {"step": record["step"], "calls": 0, "seconds": 0.0, "status": ""})
+        step["calls"] += 1
+        step["seconds"] += seconds
+        step["status"] = record.get("status") or ""
+    if not steps:
+        return None
+    total = sum(step["seconds"] for step in steps.values())
+    return {"steps": [{**step, "seconds": f"{step['seconds']:.0f}"} for step in steps.values()],
+            "total": f"{total:.0f}", "hours": f"{total / 3600:.2f}"}
 
 
 def render_html(**context: Any) -> str:

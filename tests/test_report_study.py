@@ -128,3 +128,5 @@ def test_parallel_jobs_add_the_missing_steps_as_subprocesses(study: Path, capsys
     assert "pdm-bench run --threat gray" in (logs / "gray-box-rce.log").read_text()
     table2 = {r["attack"]: r for r in read_csv(study / "report" / "table2_graybox_auc.csv")}
     assert 0.0 <= float(table2["fgsm-0.05"]["digits (quick) rce"]) <= 1.0
+    html = (study / "report" / "report.html").read_text()
+    assert 'id="study-cost"' in html and "<td>gray-box-rce</td><td>3</td>" in html  # three calls ran that step

@@ -120,3 +120,18 @@ def test_provenance_marks_the_jpeg_copy_and_unrecorded_runs(tmp_path: Path) -> N
     html = (tmp_path / "out" / "report.html").read_text()
     assert "CIFAR-10 as a JPEG copy" in html and "not recorded" in html  # no runs/<id>.json: said, not invented
     assert "<td>0.25</td>" in html and "paper 0.933" in html  # its bandwidth; compared with the paper's CIFAR-10
+
+
+def test_study_cost_sums_each_steps_calls_and_skips_a_torn_line(tmp_path: Path) -> None:
+    from pdm_bench.reports.generator import study_cost
+
+    assert study_cost(tmp_path) is None  # no study here: no cost block
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "steps.csv").write_text(
+        "finished_at,step,status,seconds,jobs\n2026-11-25T10:00:00,train-pdm,stopped,100.0,1\n"
+        "2026-11-25T11:00:00,train-pdm,finished,50.5,1\n2026-11-25T11:10:00,gray-box-pdm,finished,3600.0,2\n"
+        "2026-11-25T11:11:00,white-box-pdm,fini")
+    cost = study_cost(tmp_path)
+    assert cost is not None and cost["total"] == "3750" and cost["hours"] == "1.04"
+    assert cost["steps"][0] == {"step": "train-pdm", "calls": 2, "seconds": "150", "status": "finished"}
+    assert len(cost["steps"]) == 2

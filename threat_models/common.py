@@ -140,8 +140,8 @@ class Evaluation:
                 if piece.shape != (part.stop - part.start, *expected[1:]):
                     raise RuntimeError(f"expected adversarial examples of shape {(part.stop - part.start, *expected[1:])}, "
                                        f"got {piece.shape}")
+                atomic_write_text(seconds_path, f"{time.perf_counter() - started:.3f}\n")  # first: a piece has its time
                 _save_array(piece_path, piece)
-                atomic_write_text(seconds_path, f"{time.perf_counter() - started:.3f}\n")
                 if n > self.chunk_size:
                     self.log(f"{attack}: images {part.start + 1}-{part.stop} of {n} done and stored")
             pieces.append(piece)

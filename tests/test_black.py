@@ -30,7 +30,7 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evaluation:
                             device=CPU, progress=False, log=lambda _: None)
     kde = fit_detector(trained, data, device=CPU)
     return Evaluation(data, trained, ThreatModel.BLACK, kde, sample_indices(data, 16, 0),
-                      ResultsStore(tmp_path_factory.mktemp("results")), CPU, 0, log=lambda _: None)
+                      ResultsStore(tmp_path_factory.mktemp("results")), CPU, 0, log=lambda _: None, chunk_size=10)
 
 
 @pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores

@@ -43,7 +43,7 @@ def evaluation(parts: tuple[Any, Any, Any], directory: Path, n: int = 16, model:
         trained = copy.copy(trained)
         object.__setattr__(trained, "model", model)
     return Evaluation(data, trained, ThreatModel.WHITE, kde, sample_indices(data, n, 0), ResultsStore(directory), CPU, 0,
-                      log=lambda _: None)
+                      log=lambda _: None, chunk_size=10)  # 16 images: two chunks, so every stage is sliced
 
 
 def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, Any, Any]) -> None:

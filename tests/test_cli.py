@@ -44,6 +44,9 @@ def test_list_shows_defenses_datasets_presets(cli: Callable[..., CliResult]) -> 
         (["train", "-o", "q"], "Error: --defense-option expects NAME=VALUE, got 'q'"),
         (["train", "-o", "q=2"], "Error: Bad options for defense 'pdm': q must be in [0, 1], got 2.0"),
         (["train", "--dataset", "mnist"], "Error: Dataset 'mnist' needs its files"),
+        (["paper", "--dataset", "digits", "--defenses", "baseline,pmd"], "Error: Unknown defense 'pmd'. Did you mean: pdm?"),
+        (["paper", "--dataset", "digits", "--train-only", "pdm"], "Error: --train-only repeats pdm from --defenses"),
+        (["paper", "--dataset", "digits", "--defenses", ","], "Error: --defenses must name at least one defense"),
         (["paper", "--dataset", "digits", "--jobs", "0"], "Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1."),
     ],
 )

@@ -83,3 +83,17 @@ def test_plugin_with_a_wrong_class_is_rejected_on_use(tmp_path: Path, monkeypatc
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match="expected a subclass of pdm_bench.defenses.base.Defense"):
         defense_registry().get("wrong")
+
+
+def test_a_plugin_joins_the_whole_study_and_its_report(plugin_site: Path, cli: Callable[..., CliResult],
+                                                       tmp_path: Path) -> None:
+    results = tmp_path / "study"
+    study = cli("paper", "--dataset", "digits", "--defenses", "baseline,label_smoothing", "--train-only", "",
+                "--threats", "gray", "--attacks", "fgsm-0.1", "--epochs", "2", "--n-samples", "20", "--no-progress",
+                "--results-dir", str(results))
+    assert study.code == 0, study.err
+    assert study.out.count("=== [") == 2 + 2  # two trainings, two gray-box runs: no siamese_rvl, rce or pdm
+    header = (results / "report" / "table2_graybox_auc.csv").read_text().splitlines()[0]
+    assert "digits (quick) label_smoothing" in header and "digits (quick) pdm" not in header
+    table1 = (results / "report" / "table1_accuracy.csv").read_text()
+    assert "label_smoothing" in table1.splitlines()[0]

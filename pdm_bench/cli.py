@@ -250,16 +250,6 @@ STUDY_ATTACKED = "baseline,rce,pdm"  # the paper's Tables 2-4
 STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
 
 
-def _defense_list(option: str, value: str) -> list[str]:
-    """Comma-separated defense names, each checked against the registry (built-ins and plugins)."""
-    names = [name.strip() for name in value.split(",") if name.strip()]
-    registry = defense_registry()
-    for name in names:
-        registry.get(name)  # an unknown name fails now, with did-you-mean, before any training
-    if len(set(names)) != len(names):
-        raise UserError(f"{option} names a defense twice, got '{value}'")
-    return names
-
 
 @cli.command()
 @study_options
@@ -273,16 +263,19 @@ def _defense_list(option: str, value: str) -> list[str]:
               help="Defenses trained and attacked (Tables 1-4); plugins too, e.g. baseline,pdm,my_defense.")
 @click.option("--train-only", default=STUDY_TRAIN_ONLY, show_default=True,
               help="Defenses only trained, for Table 1 ('' for none).")
+@click.option("--seeds", default=None, help="Comma-separated seeds, e.g. 0,1,2 (instead of --seed): the whole study per "
+              "seed; the report gives mean and sd.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Steps run at once, as subprocesses with CPUs/JOBS torch threads each, logs in RESULTS_DIR/logs/.")
 @white_box_options
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
-          attacks: str | None, defenses: str, train_only: str, jobs: int, progress: bool | None, **white: Any) -> None:
+          attacks: str | None, defenses: str, train_only: str, seeds: str | None, jobs: int, progress: bool | None,
+          **white: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
-    from pdm_bench.study import Step, record_step, run_parallel
+    from pdm_bench.study import defense_list, parse_seeds, record_step, run_parallel, study_steps
     from pdm_bench.threat_models.common import ThreatModel
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
@@ -293,11 +286,12 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
             raise unknown_name_error("threat model", name, [t.value for t in ThreatModel]) from None
     if n_samples is not None and n_samples <= 0:
         raise UserError(f"--n-samples must be a positive number of test images, got {n_samples}")
-    attacked, trained_only = _defense_list("--defenses", defenses), _defense_list("--train-only", train_only)
+    attacked, trained_only = defense_list("--defenses", defenses), defense_list("--train-only", train_only)
     if not attacked:
         raise UserError("--defenses must name at least one defense, got ''")
     if both := sorted(set(attacked) & set(trained_only)):
         raise UserError(f"--train-only repeats {', '.join(both)} from --defenses (those are trained anyway)")
+    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
     if attacks:
         from pdm_bench.threat_models.gray import parse_attack
 
@@ -305,14 +299,11 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
             parse_attack(name.strip())  # an unknown attack fails now, not after four trainings
     WhiteBoxOptions.pop(dict(white)).runner(ThreatModel.WHITE)  # so does a bad C&W-wb budget
     results_dir = results_dir if results_dir is not None else Path("pdm-results") / f"{dataset.replace('/', '_').replace(':', '_')}-{preset}"
-    shared = {"dataset": dataset, "preset": preset, "seed": seed, "epochs": epochs, "data_dir": data_dir,
-              "cache_dir": cache_dir, "device": device, "progress": progress, "defense_options": ()}
-    trainings = [Step(f"train {defense}", train, {"results_dir": results_dir, "defense": defense, **shared})
-                 for defense in [*attacked, *trained_only]]
-    attacks_steps = [Step(f"{threat} box, {defense}", run_command,
-                          {"threat": threat, "defense": defense, "results_dir": results_dir, "n_samples": n_samples,
-                           **({"attacks": attacks} if threat == "gray" else {}), **white, **shared})
-                     for threat in chosen for defense in attacked]
+    shared = {"dataset": dataset, "preset": preset, "epochs": epochs, "data_dir": data_dir, "cache_dir": cache_dir,
+              "device": device, "progress": progress, "defense_options": (), "results_dir": results_dir}
+    trainings, attacks_steps = study_steps(
+        train=train, run=run_command, attacked=attacked, trained_only=trained_only, threats=chosen, seeds=seed_list,
+        shared=shared, gray={"attacks": attacks}, attack={"n_samples": n_samples, **white})
     ctx = click.get_current_context()
     started = time.perf_counter()
     if jobs == 1:

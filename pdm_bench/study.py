@@ -23,6 +23,9 @@ from typing import Any
 
 import click
 
+from pdm_bench.errors import UserError
+from pdm_bench.registry import defense_registry
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 STEP_TIMES = "steps.csv"  # in the log folder: one line per step run, so a resumed study's cost adds up
 INTERRUPTED = 130  # the exit code of a step stopped by Ctrl-C (cli.EXIT_INTERRUPTED)
@@ -119,3 +122,42 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
 def _last_line(path: Path) -> str:
     lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     return lines[-1][:200] if lines else "(no output)"
+
+
+def defense_list(option: str, value: str) -> list[str]:
+    """Comma-separated defense names, each checked against the registry (built-ins and plugins)."""
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    registry = defense_registry()
+    for name in names:
+        registry.get(name)  # an unknown name fails now, with did-you-mean, before any training
+    if len(set(names)) != len(names):
+        raise UserError(f"{option} names a defense twice, got '{value}'")
+    return names
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated non-negative integers, e.g. 0,1,2, got '{text}'") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds expects distinct non-negative integers, e.g. 0,1,2, got '{text}'")
+    return seeds
+
+
+def study_steps(*, train: click.Command, run: click.Command, attacked: Sequence[str], trained_only: Sequence[str],
+                threats: Sequence[str], seeds: Sequence[int], shared: dict[str, Any], gray: dict[str, Any],
+                attack: dict[str, Any]) -> tuple[list[Step], list[Step]]:
+    """The trainings (every defense, per seed), then the attack runs (threat x attacked defense, per seed)."""
+
+    def title(text: str, seed: int) -> str:
+        return f"{text}, seed {seed}" if len(seeds) > 1 else text
+
+    trainings = [Step(title(f"train {defense}", seed), train, {"defense": defense, "seed": seed, **shared})
+                 for seed in seeds for defense in [*attacked, *trained_only]]
+    runs = [Step(title(f"{threat} box, {defense}", seed), run,
+                 {"threat": threat, "defense": defense, "seed": seed, **(gray if threat == "gray" else {}), **attack,
+                  **shared})
+            for seed in seeds for threat in threats for defense in attacked]
+    return trainings, runs

@@ -35,10 +35,12 @@ def to_csv(table: Table) -> str:
     """Row label, then per column: value, interval (when the table has them), seeds and each note."""
     note_names = list(dict.fromkeys(k for c in table.cells.values() for k in c.notes))
     has_interval = any(c.low is not None for c in table.cells.values())
+    has_sd = any(c.sd is not None for c in table.cells.values())
     header = [table.row_label]
     for group, defense in table.columns:
         name = column_name(group, defense)
-        header += [name, *([f"{name} ci_low", f"{name} ci_high"] if has_interval else []), f"{name} seeds",
+        header += [name, *([f"{name} ci_low", f"{name} ci_high"] if has_interval else []),
+                   *([f"{name} sd"] if has_sd else []), f"{name} seeds",
                    *(f"{name} {n}" for n in note_names), f"{name} flag"]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -50,6 +52,8 @@ def to_csv(table: Table) -> str:
             record.append(table.text(cell))
             if has_interval:
                 record += [_number(cell.low, table.digits + 1, table.scale), _number(cell.high, table.digits + 1, table.scale)]
+            if has_sd:
+                record.append(_number(cell.sd, table.digits + 1, table.scale) if cell.sd is not None else "")
             record.append(cell.seeds if cell.value is not None else NOT_RUN)
             record += [_note(n, cell.notes.get(n)) if cell.value is not None else NOT_RUN for n in note_names]
             record.append(cell.flag)
@@ -65,6 +69,8 @@ def _latex_cell(table: Table, cell: Cell) -> str:
         text = rf"\textbf{{{text}}}"
     if cell.low is not None and cell.high is not None:
         text += rf" {{\scriptsize[{_number(cell.low, table.digits, table.scale)}, {_number(cell.high, table.digits, table.scale)}]}}"
+    if cell.sd is not None:
+        text += rf" {{\scriptsize$\pm${_number(cell.sd, table.digits, table.scale)}}}"
     if cell.flag:
         text += r"$^\dagger$"
     return text
@@ -99,5 +105,5 @@ def to_latex(table: Table) -> str:
 
 def tables_tex(tables: list[Table]) -> str:
     preamble = ("% pdm-bench tables; needs \\usepackage{booktabs}. Best value per row in bold; "
-                "95% bootstrap intervals in brackets.\n")
+                "95% bootstrap intervals in brackets; +- the standard deviation over seeds.\n")
     return preamble + "\n".join(to_latex(t) for t in tables)

@@ -103,6 +103,8 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
             paper = paper_value(table, row, column, index)
             interval = (f"[{cell.low * table.scale:.{table.digits}f}, {cell.high * table.scale:.{table.digits}f}]"
                         if cell.low is not None and cell.high is not None and math.isfinite(cell.low) else "")
+            if cell.sd is not None:
+                interval = f"± {cell.sd * table.scale:.{table.digits}f} (sd over {cell.seeds} seeds)"
             notes = ", ".join(f"{k} {_short(k, v)}" for k, v in cell.notes.items() if k != "criterion met")
             cells.append({"text": table.text(cell), "missing": cell.value is None or not math.isfinite(cell.value),
                           "best": cell.best,

@@ -7,9 +7,10 @@ seeds are averaged (the cell says how many). A cell nobody measured is "not run"
 from __future__ import annotations
 
 import math
+import statistics
 from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pdm_bench.results import ResultRow
 
@@ -32,6 +33,7 @@ class Cell:
     notes: dict[str, float] = field(default_factory=dict)
     flag: str = ""  # e.g. "criterion not met"
     best: bool = False
+    sd: float | None = None  # standard deviation over seeds (two or more)
 
 
 @dataclass
@@ -115,7 +117,9 @@ class RowIndex:
         if interval and len(runs) == 1:
             low, high = self.value(runs[0], attack, f"{metric}_low"), self.value(runs[0], attack, f"{metric}_high")
         noted = {label: v for label, att, met in notes if (v := mean(att, met)) is not None}
-        return Cell(mean(attack, metric), low, high, len(runs), noted)
+        per_seed = [v for v in (self.value(run, attack, metric) for run in runs) if v is not None and math.isfinite(v)]
+        sd = statistics.stdev(per_seed) if len(per_seed) >= 2 else None
+        return Cell(mean(attack, metric), low, high, len(runs), noted, sd=sd)
 
 
 def mark_best(table: Table, *, higher_is_better: bool = True) -> None:
@@ -131,7 +135,7 @@ def mark_best(table: Table, *, higher_is_better: bool = True) -> None:
             for c, v in shown.items():
                 if v == target:
                     old = table.cells[(row, c)]
-                    table.cells[(row, c)] = Cell(old.value, old.low, old.high, old.seeds, old.notes, old.flag, True)
+                    table.cells[(row, c)] = replace(old, best=True)
 
 
 THREATS = ("gray", "white", "black")
@@ -180,7 +184,7 @@ def _per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, me
             cell = index.cell(dataset, preset, defense, threat, WB, metric, interval=interval, notes=notes)
             if cell.value is not None and cell.notes.get("criterion met", 1.0) < 1.0:
                 flag = "criterion not met" if threat == "white" else "criterion not met on the proxy"
-                cell = Cell(cell.value, cell.low, cell.high, cell.seeds, cell.notes, flag)
+                cell = replace(cell, flag=flag)
             cells[(block_name(dataset, preset), ("", defense))] = cell
     table = Table(key, title, "dataset", [block_name(d, p) for d, p in blocks], [("", f) for f in defenses], cells,
                   digits=4 if metric == "distortion" else 3)

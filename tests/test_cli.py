@@ -47,6 +47,8 @@ def test_list_shows_defenses_datasets_presets(cli: Callable[..., CliResult]) -> 
         (["paper", "--dataset", "digits", "--defenses", "baseline,pmd"], "Error: Unknown defense 'pmd'. Did you mean: pdm?"),
         (["paper", "--dataset", "digits", "--train-only", "pdm"], "Error: --train-only repeats pdm from --defenses"),
         (["paper", "--dataset", "digits", "--defenses", ","], "Error: --defenses must name at least one defense"),
+        (["paper", "--dataset", "digits", "--seeds", "0,x"], "Error: --seeds expects comma-separated non-negative integers"),
+        (["paper", "--dataset", "digits", "--seeds", "1,1"], "Error: --seeds expects distinct non-negative integers"),
         (["paper", "--dataset", "digits", "--jobs", "0"], "Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1."),
     ],
 )

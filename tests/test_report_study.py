@@ -130,3 +130,25 @@ def test_parallel_jobs_add_the_missing_steps_as_subprocesses(study: Path, capsys
     assert 0.0 <= float(table2["fgsm-0.05"]["digits (quick) rce"]) <= 1.0
     html = (study / "report" / "report.html").read_text()
     assert 'id="study-cost"' in html and "<td>gray-box-rce</td><td>3</td>" in html  # three calls ran that step
+
+
+
+@pytest.mark.slow
+def test_a_study_over_seeds_reports_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    os.environ["PDM_BENCH_CACHE"] = str(tmp_path / "cache")
+    try:
+        code = run(["paper", "--dataset", "digits", "--defenses", "baseline,pdm", "--train-only", "", "--seeds", "0,1",
+                    "--threats", "gray", "--attacks", "fgsm-0.1", "--epochs", "2", "--n-samples", "30", "--no-progress",
+                    "--results-dir", str(tmp_path / "r")])
+    finally:
+        os.environ.pop("PDM_BENCH_CACHE", None)
+    assert code == 0, capsys.readouterr().err
+    rows = ResultsStore(tmp_path / "r").rows()
+    assert {r.seed for r in rows if r.threat == "gray"} == {0, 1}
+    per_seed = {r.seed: r.value for r in rows if (r.defense, r.attack, r.metric) == ("pdm", "fgsm-0.1", "auc")}
+    table2 = {r["attack"]: r for r in read_csv(tmp_path / "r" / "report" / "table2_graybox_auc.csv")}
+    cell = table2["fgsm-0.1"]
+    assert cell["digits (quick) pdm seeds"] == "2"
+    assert float(cell["digits (quick) pdm"]) == pytest.approx(np.mean(list(per_seed.values())), abs=6e-4)
+    assert float(cell["digits (quick) pdm sd"]) == pytest.approx(np.std(list(per_seed.values()), ddof=1), abs=6e-5)
+    assert "sd over 2 seeds" in (tmp_path / "r" / "report" / "report.html").read_text()

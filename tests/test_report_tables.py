@@ -57,7 +57,15 @@ def test_newest_run_per_seed_is_used_and_seeds_are_averaged() -> None:
             row("pdm", "gray", "cw", "auc", 0.7, seed=1, run="seed1")]
     cell = graybox_table(RowIndex(rows)).cell("cw", ("mnist (quick)", "pdm"))
     assert cell.value == pytest.approx(0.8) and cell.seeds == 2
-    assert cell.low is None  # no single-run interval for a mean over seeds
+    assert cell.low is None  # no single-run interval for a mean over seeds: their spread instead
+    assert cell.sd == pytest.approx(0.1414, abs=1e-4)
+    table = graybox_table(RowIndex(rows))
+    records = list(csv.reader(io.StringIO(to_csv(table))))
+    cw = next(r for r in records if r[0] == "cw")
+    assert cw[records[0].index("mnist (quick) pdm sd")] == "0.1414" and cw[records[0].index("mnist (quick) pdm seeds")] == "2"
+    assert r"0.800 {\scriptsize$\pm$0.141}" in tables_tex([table])
+    single = list(csv.reader(io.StringIO(to_csv(graybox_table(RowIndex(rows[:2]))))))[0]
+    assert not any(name.endswith(" sd") for name in single)  # one seed: no sd column
 
 
 def test_csv_and_latex_carry_values_intervals_and_not_run() -> None:

@@ -3,8 +3,10 @@ black-box distillation pieces (``CopycatCNN``)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,6 +16,7 @@ from art.attacks.evasion import BasicIterativeMethod, CarliniL2Method, FastGradi
 from art.attacks.extraction import CopycatCNN
 from art.estimators.classification import PyTorchClassifier
 
+from pdm_bench.errors import UserError
 from pdm_bench.models import ResNet
 
 EMBEDDING_LAYER = "embedding"
@@ -145,19 +148,53 @@ class ScheduledCopycatCNN(CopycatCNN):
         return x[chosen].astype(np.float32)
 
     def extract(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: Any) -> PyTorchClassifier:
+        """Fit ``thieved_classifier`` (keyword) on the victim's answers, one epoch per ``fit`` call (the same batches
+        as one call). With ``checkpoint`` (keyword, a path) each finished epoch is saved there and a rerun resumes
+        after the last one; the file is removed at the end."""
         thieved = kwargs.get("thieved_classifier")
         if not isinstance(thieved, PyTorchClassifier) or thieved.optimizer is None:
             raise ValueError(f"expected a thieved PyTorchClassifier with an optimizer, got {type(thieved).__name__}")
+        checkpoint: Path | None = kwargs.get("checkpoint")
         selected = self._select_data(x)
         soft_labels = self._query_label(selected)
         scheduler = torch.optim.lr_scheduler.MultiStepLR(thieved.optimizer, milestones=list(self.milestones),
                                                          gamma=self.gamma)
         with torch.random.fork_rng(devices=[]):  # the DataLoader's shuffling draws from torch's CPU generator
             torch.manual_seed(self.seed)
-            thieved.fit(selected, soft_labels, batch_size=self.batch_size_fit, nb_epochs=self.nb_epochs,
-                        drop_last=len(selected) > self.batch_size_fit, scheduler=scheduler, verbose=self.verbose)
+            done = _resume(checkpoint, thieved, scheduler)
+            for epoch in range(done, self.nb_epochs):
+                thieved.fit(selected, soft_labels, batch_size=self.batch_size_fit, nb_epochs=1,
+                            drop_last=len(selected) > self.batch_size_fit, scheduler=scheduler, verbose=self.verbose)
+                if checkpoint is not None and epoch + 1 < self.nb_epochs:
+                    state = {"epochs_done": epoch + 1, "model": thieved.model.state_dict(),
+                             "optimizer": thieved.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "rng": torch.get_rng_state()}
+                    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
+                    torch.save(state, tmp)
+                    os.replace(tmp, checkpoint)
+        if checkpoint is not None:
+            checkpoint.unlink(missing_ok=True)
         thieved.model.eval()
         return thieved
+
+
+def _resume(checkpoint: Path | None, thieved: PyTorchClassifier, scheduler: Any) -> int:
+    """Load a distillation checkpoint into the proxy, its optimizer, scheduler and torch's RNG; epochs already done."""
+    if checkpoint is None or not checkpoint.exists():
+        return 0
+    try:
+        state = torch.load(checkpoint, map_location=thieved.device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError):
+        return 0  # a torn file: nothing loaded yet, start over
+    try:
+        thieved.model.load_state_dict(state["model"])
+        thieved.optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"].cpu())
+        return int(state["epochs_done"])
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError) as error:
+        raise UserError(f"Distillation checkpoint {checkpoint} does not fit this proxy ({error}); remove it to "
+                        "distil again") from None
 
 
 def build_copycat(victim: torch.nn.Module, proxy: torch.nn.Module, *, optimizer: torch.optim.Optimizer,

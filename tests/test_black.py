@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
+from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.art_adapter import build_copycat
 from pdm_bench.config import make_plan
@@ -66,6 +70,30 @@ def test_the_copycat_learns_from_the_victims_probabilities(ev: Evaluation) -> No
     soft = copycat._query_label(queries)
     assert soft.shape == (5, 10) and np.allclose(soft.sum(1), 1.0, atol=1e-5) and not np.array_equal(soft, soft.round())
     assert np.array_equal(soft.argmax(1), predict_logits(model, queries, device=CPU).argmax(1).numpy())
+
+
+def test_a_killed_distillation_resumes_after_its_last_epoch(ev: Evaluation, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = distil_proxy(ev, cache_dir=tmp_path / "whole", epochs=3)
+    fit = PyTorchClassifier.fit
+    calls: list[int] = []
+
+    def dying_fit(self: PyTorchClassifier, *args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # killed in the third epoch
+        fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(PyTorchClassifier, "fit", dying_fit)
+    with pytest.raises(KeyboardInterrupt):
+        distil_proxy(ev, cache_dir=tmp_path / "killed", epochs=3)
+    (checkpoint,) = (tmp_path / "killed" / "proxies").glob("*/checkpoint.pt")
+    assert torch.load(checkpoint, weights_only=True)["epochs_done"] == 2
+    calls.clear()
+    resumed = distil_proxy(ev, cache_dir=tmp_path / "killed", epochs=3)
+    assert len(calls) == 1 and not checkpoint.exists()  # only the third epoch was trained again
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name  # as if never killed
 
 
 def test_black_bad_input_is_one_line(ev: Evaluation) -> None:

@@ -100,14 +100,15 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
         ev.log(f"proxy: reusing {run_dir.name}")
     else:
         ev.log(f"proxy: distilling ResNet-{plan.model.depth} from the target's probabilities on {len(data.x_train)} "
-               f"training inputs ({plan.epochs} epochs) ...")
+               f"training inputs ({plan.epochs} epochs"
+               f"{'; resuming after its last finished epoch' if (run_dir / 'checkpoint.pt').exists() else ''}) ...")
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "meta.json", {"config": config, "finished": None})
         copycat, thieved = build_copycat(
             target.model, model, optimizer=_optimizer(model, plan), input_shape=data.input_shape,
             nb_classes=data.num_classes, device=ev.device, epochs=plan.epochs, batch_size=plan.batch_size,
             milestones=plan.milestones, gamma=plan.gamma, seed=plan.seed, nb_stolen=len(data.x_train), verbose=progress)
-        copycat.extract(data.x_train, thieved_classifier=thieved)
+        copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=run_dir / "checkpoint.pt")
         _atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
     model.eval()
     seconds = float("nan") if from_cache else time.perf_counter() - started

@@ -3,7 +3,6 @@ black-box distillation pieces (``CopycatCNN``)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -18,6 +17,7 @@ from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.errors import UserError
 from pdm_bench.models import ResNet
+from pdm_bench.training import _atomic_save
 
 EMBEDDING_LAYER = "embedding"
 
@@ -169,9 +169,7 @@ class ScheduledCopycatCNN(CopycatCNN):
                     state = {"epochs_done": epoch + 1, "model": thieved.model.state_dict(),
                              "optimizer": thieved.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": torch.get_rng_state()}
-                    tmp = checkpoint.with_name(f".{checkpoint.name}.tmp")
-                    torch.save(state, tmp)
-                    os.replace(tmp, checkpoint)
+                    _atomic_save(state, checkpoint)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         thieved.model.eval()

@@ -250,7 +250,6 @@ STUDY_ATTACKED = "baseline,rce,pdm"  # the paper's Tables 2-4
 STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
 
 
-
 @cli.command()
 @study_options
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -307,19 +306,20 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     ctx = click.get_current_context()
     started = time.perf_counter()
     if jobs == 1:
-        for number, step in enumerate([*trainings, *attacks_steps], start=1):
-            click.echo(f"\n=== [{number}/{len(trainings) + len(attacks_steps)}] {step.title} "
+        steps = [*trainings, *attacks_steps]
+        for number, step in enumerate(steps, start=1):
+            click.echo(f"\n=== [{number}/{len(steps)}] {step.title} "
                        f"({time.perf_counter() - started:.0f} s into the study)")
             step_started = time.perf_counter()
             ctx.invoke(step.command, **step.params)
             record_step(results_dir / "logs", step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
     else:
-        for phase, steps in (("training", trainings), ("attacks", attacks_steps)):
-            click.echo(f"\n=== {phase}: {len(steps)} steps, {jobs} at a time "
+        for phase, phase_steps in (("training", trainings), ("attacks", attacks_steps)):
+            click.echo(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
                        f"({time.perf_counter() - started:.0f} s into the study)")
-            failed = run_parallel(steps, jobs=jobs, log_dir=results_dir / "logs", echo=click.echo)
+            failed = run_parallel(phase_steps, jobs=jobs, log_dir=results_dir / "logs", echo=click.echo)
             if failed:
-                raise UserError(f"{len(failed)} of {len(steps)} {phase} steps failed: {'; '.join(failed)}; "
+                raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
                                 "fix and rerun the same command to resume")
     ctx.invoke(report, results_dir=results_dir, out=out)
     click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "

@@ -131,15 +131,15 @@ class Evaluation:
         pieces, seconds = [], 0.0
         for lo in range(0, n, self.chunk_size):
             part = slice(lo, min(lo + self.chunk_size, n))
+            shape = (part.stop - part.start, *expected[1:])
             piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
-            piece = _load_array(piece_path, (part.stop - part.start, *expected[1:]))
+            piece = _load_array(piece_path, shape)
             seconds_path = piece_path.with_suffix(".seconds")
             if piece is None:
                 started = time.perf_counter()
                 piece = np.asarray(make(part), dtype=np.float32)
-                if piece.shape != (part.stop - part.start, *expected[1:]):
-                    raise RuntimeError(f"expected adversarial examples of shape {(part.stop - part.start, *expected[1:])}, "
-                                       f"got {piece.shape}")
+                if piece.shape != shape:
+                    raise RuntimeError(f"expected adversarial examples of shape {shape}, got {piece.shape}")
                 atomic_write_text(seconds_path, f"{time.perf_counter() - started:.3f}\n")  # first: a piece has its time
                 _save_array(piece_path, piece)
                 if n > self.chunk_size:

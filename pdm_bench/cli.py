@@ -274,7 +274,7 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
-    from pdm_bench.study import defense_list, parse_seeds, record_step, run_parallel, study_steps
+    from pdm_bench.study import costliest_first, defense_list, parse_seeds, record_step, run_parallel, study_steps
     from pdm_bench.threat_models.common import ThreatModel
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
@@ -314,7 +314,7 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
             ctx.invoke(step.command, **step.params)
             record_step(results_dir / "logs", step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
     else:
-        for phase, phase_steps in (("training", trainings), ("attacks", attacks_steps)):
+        for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(attacks_steps))):
             click.echo(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
                        f"({time.perf_counter() - started:.0f} s into the study)")
             failed = run_parallel(phase_steps, jobs=jobs, log_dir=results_dir / "logs", echo=click.echo)

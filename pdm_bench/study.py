@@ -29,6 +29,9 @@ from pdm_bench.registry import defense_registry
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 STEP_TIMES = "steps.csv"  # in the log folder: one line per step run, so a resumed study's cost adds up
 INTERRUPTED = 130  # the exit code of a step stopped by Ctrl-C (cli.EXIT_INTERRUPTED)
+# Usual cost of a threat's step on a quick study (docs/PERFORMANCE.md): black (distillation + C&W-wb rungs on the
+# proxy) > white (C&W-wb rungs) > gray. Parallel jobs start the costliest first, so they end close together.
+THREAT_COST_RANK = {"black": 0, "white": 1, "gray": 2}
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,11 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
         raise
     pool.shutdown()
     return [failure for failure in outcomes if failure is not None]
+
+
+def costliest_first(steps: Sequence[Step]) -> list[Step]:
+    """``steps`` reordered black, white, then gray box (stable otherwise): longest-job-first for parallel runs."""
+    return sorted(steps, key=lambda step: THREAT_COST_RANK.get(step.params.get("threat", ""), len(THREAT_COST_RANK)))
 
 
 def _last_line(path: Path) -> str:

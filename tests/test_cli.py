@@ -116,3 +116,15 @@ def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_
     assert command_argv(train, {"defense": "pdm", "progress": True}) == ["train", "--defense", "pdm", "--progress"]
     assert Step("gray box, pdm", train).slug == "gray-box-pdm"
 
+
+def test_parallel_studies_start_the_costliest_threat_first() -> None:
+    from pdm_bench.cli import run_command, train
+    from pdm_bench.study import costliest_first, study_steps
+
+    trainings, runs = study_steps(train=train, run=run_command, attacked=["baseline", "pdm"], trained_only=[],
+                                  threats=["gray", "white", "black"], seeds=[0], shared={}, gray={}, attack={})
+    assert [step.title for step in costliest_first(runs)] == [
+        "black box, baseline", "black box, pdm", "white box, baseline", "white box, pdm", "gray box, baseline",
+        "gray box, pdm"]
+    assert costliest_first(trainings) == trainings  # no threat: order kept
+

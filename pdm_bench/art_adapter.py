@@ -17,7 +17,7 @@ from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.errors import UserError
 from pdm_bench.models import ResNet
-from pdm_bench.training import _atomic_save
+from pdm_bench.training import atomic_save
 
 EMBEDDING_LAYER = "embedding"
 
@@ -169,7 +169,7 @@ class ScheduledCopycatCNN(CopycatCNN):
                     state = {"epochs_done": epoch + 1, "model": thieved.model.state_dict(),
                              "optimizer": thieved.optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "rng": torch.get_rng_state()}
-                    _atomic_save(state, checkpoint)
+                    atomic_save(state, checkpoint)
         if checkpoint is not None:
             checkpoint.unlink(missing_ok=True)
         thieved.model.eval()

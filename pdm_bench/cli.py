@@ -274,7 +274,8 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
-    from pdm_bench.study import costliest_first, defense_list, parse_seeds, record_step, run_parallel, study_steps
+    from pdm_bench.study import (STEP_TIMES, costliest_first, defense_list, parse_seeds, record_step, run_parallel,
+                                 study_log_dir, study_steps)
     from pdm_bench.threat_models.common import ThreatModel
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
@@ -312,18 +313,18 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
                        f"({time.perf_counter() - started:.0f} s into the study)")
             step_started = time.perf_counter()
             ctx.invoke(step.command, **step.params)
-            record_step(results_dir / "logs", step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
+            record_step(study_log_dir(results_dir), step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
     else:
         for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(attacks_steps))):
             click.echo(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
                        f"({time.perf_counter() - started:.0f} s into the study)")
-            failed = run_parallel(phase_steps, jobs=jobs, log_dir=results_dir / "logs", echo=click.echo)
+            failed = run_parallel(phase_steps, jobs=jobs, log_dir=study_log_dir(results_dir), echo=click.echo)
             if failed:
                 raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
                                 "fix and rerun the same command to resume")
     ctx.invoke(report, results_dir=results_dir, out=out)
     click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
-               f"Each step's time: {results_dir / 'logs' / 'steps.csv'}")
+               f"Each step's time: {study_log_dir(results_dir) / STEP_TIMES}")
 
 
 @cli.command(name="list")

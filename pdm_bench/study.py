@@ -69,6 +69,11 @@ def command_argv(command: click.Command, params: dict[str, Any]) -> list[str]:
     return argv
 
 
+def study_log_dir(results_dir: Path) -> Path:
+    """Where a study keeps its step logs and ``steps.csv``."""
+    return results_dir / "logs"
+
+
 def record_step(log_dir: Path, step: Step, *, seconds: float, status: str, jobs: int) -> None:
     """Append ``finished_at,step,status,seconds,jobs`` to ``log_dir/steps.csv`` (one short line: an atomic append)."""
     log_dir.mkdir(parents=True, exist_ok=True)

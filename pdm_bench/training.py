@@ -109,12 +109,12 @@ def train_or_load(
                         "seconds": round(time.perf_counter() - started, 2)})
         log(f"epoch {epoch + 1}/{plan.epochs}  " + "  ".join(f"{k} {v:.4f}" for k, v in terms.items())
             + f"  test acc {100 * accuracy:.2f}%  ({history[-1]['seconds']:.1f} s)")
-        _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
+        atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch, "history": history},
                      checkpoint_path)
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    _atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
+    atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
     finished = time.strftime("%Y-%m-%d %H:%M:%S")
     accuracy = history[-1]["test_accuracy"]
     _write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
@@ -218,7 +218,7 @@ def _read_meta(run_dir: Path) -> dict[str, Any] | None:
         raise UserError(f"Corrupt model metadata {path}; remove {run_dir} to retrain") from None
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -150,7 +150,9 @@ def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
 
 def study_cost(results_dir: Path) -> dict[str, Any] | None:
     """Seconds per step of ``pdm-bench paper`` summed over its calls (``logs/steps.csv``); None when there is none."""
-    path = results_dir / "logs" / "steps.csv"
+    from pdm_bench.study import STEP_TIMES, study_log_dir
+
+    path = study_log_dir(results_dir) / STEP_TIMES
     try:
         records = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
     except (OSError, UnicodeDecodeError, csv.Error):

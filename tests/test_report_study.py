@@ -132,7 +132,6 @@ def test_parallel_jobs_add_the_missing_steps_as_subprocesses(study: Path, capsys
     assert 'id="study-cost"' in html and "<td>gray-box-rce</td><td>3</td>" in html  # three calls ran that step
 
 
-
 @pytest.mark.slow
 def test_a_study_over_seeds_reports_mean_and_sd(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     os.environ["PDM_BENCH_CACHE"] = str(tmp_path / "cache")

@@ -37,7 +37,7 @@ from pdm_bench.threat_models.gray import attack_targets
 from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
                                            budget_rows, check_schedule, judge_images, mean_or_nan,
                                            require_embedding, scored_rows, search_budget, start_run)
-from pdm_bench.training import _atomic_save, _optimizer, _write_json, predict_logits
+from pdm_bench.training import atomic_save, _optimizer, _write_json, predict_logits
 
 PROXY_FORMAT_VERSION = 1
 PROXY_DEPTH: dict[str, int] = {"quick": 8, "paper": 32}  # Pang et al. and the paper: a ResNet-32 proxy
@@ -99,17 +99,18 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
     if from_cache:
         ev.log(f"proxy: reusing {run_dir.name}")
     else:
+        checkpoint = run_dir / "checkpoint.pt"
         ev.log(f"proxy: distilling ResNet-{plan.model.depth} from the target's probabilities on {len(data.x_train)} "
                f"training inputs ({plan.epochs} epochs"
-               f"{'; resuming after its last finished epoch' if (run_dir / 'checkpoint.pt').exists() else ''}) ...")
+               f"{'; resuming after its last finished epoch' if checkpoint.exists() else ''}) ...")
         run_dir.mkdir(parents=True, exist_ok=True)
         _write_json(run_dir / "meta.json", {"config": config, "finished": None})
         copycat, thieved = build_copycat(
             target.model, model, optimizer=_optimizer(model, plan), input_shape=data.input_shape,
             nb_classes=data.num_classes, device=ev.device, epochs=plan.epochs, batch_size=plan.batch_size,
             milestones=plan.milestones, gamma=plan.gamma, seed=plan.seed, nb_stolen=len(data.x_train), verbose=progress)
-        copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=run_dir / "checkpoint.pt")
-        _atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
+        copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=checkpoint)
+        atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
     model.eval()
     seconds = float("nan") if from_cache else time.perf_counter() - started
     proxy_pred = predict_logits(model, data.x_test, device=ev.device).argmax(1).numpy()

@@ -23,13 +23,10 @@ import numpy as np
 import torch
 from art.attacks.evasion import CarliniL2Method, SaliencyMapMethod
 
-from pdm_bench.art_adapter import to_art_classifier
-from pdm_bench.config import make_plan, resolve_cache_dir
-from pdm_bench.data import load_dataset
-from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch
 from pdm_bench.threat_models.jsma import SaliencyMapTorch
-from pdm_bench.training import train_or_load
+
+from quick_baseline import quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 Attack = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -62,12 +59,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    data = load_dataset(args.dataset, data_dir=args.data_dir)
-    plan = make_plan("quick", dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes)
-    trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=resolve_cache_dir(args.cache_dir),
-                            device=device, progress=False, log=lambda _: None)
-    classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=data.num_classes,
-                                   device=device)
+    data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                               device=device)
     rng = np.random.default_rng(0)
     order = rng.permutation(len(data.y_test))
     cw = dict(confidence=0.0, binary_search_steps=9, max_iter=10, batch_size=128)

@@ -23,14 +23,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdm_bench.art_adapter import build_cw_attack, to_art_classifier
-from pdm_bench.config import make_plan, resolve_cache_dir, resolve_device
-from pdm_bench.data import load_dataset
-from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.art_adapter import build_cw_attack
+from pdm_bench.config import resolve_device
 from pdm_bench.threat_models.common import fit_detector
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
 from pdm_bench.threat_models.gray import attack_targets
-from pdm_bench.training import predict_logits, train_or_load
+from pdm_bench.training import predict_logits
+
+from quick_baseline import quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -50,13 +50,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    data = load_dataset(args.dataset, data_dir=args.data_dir)
-    plan = make_plan("quick", dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes)
-    trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=resolve_cache_dir(args.cache_dir),
-                            device=device, progress=False, log=lambda _: None)
+    data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                               device=device)
     kde = fit_detector(trained, data, device=device)
-    classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=data.num_classes,
-                                   device=device)
     index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
     x, y = data.x_test[index], data.y_test[index]
     targets = attack_targets(y, data.num_classes, 0)

@@ -6,11 +6,13 @@ child), so ART's ``get_activations(x, "embedding")`` and a plain forward hook bo
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 LEAKY_SLOPE = 0.1
 
@@ -103,6 +105,19 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.embed(x)) * self.logit_sign
+
+    def with_batch_norm_folded(self) -> ResNet:
+        """An eval-mode copy with every BatchNorm folded into the convolution before it: the same function (up to
+        float rounding) in fewer operations, for attacks' inner loops. This model is left as it is."""
+        folded = copy.deepcopy(self).eval()
+        for module in folded.modules():
+            if isinstance(module, BasicBlock):
+                module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
+                module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+            elif isinstance(module, nn.Sequential) and len(module) >= 2 and isinstance(module[0], nn.Conv2d) \
+                    and isinstance(module[1], nn.BatchNorm2d):  # the stem and the projection shortcuts
+                module[0], module[1] = fuse_conv_bn_eval(module[0], module[1]), nn.Identity()
+        return folded
 
 
 def build_model(spec: ModelSpec, *, negate_logits: bool = False) -> ResNet:

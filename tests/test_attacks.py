@@ -13,7 +13,9 @@ from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
-from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch, carlini_wagner_objective
+from pdm_bench.models import ModelSpec, build_model
+from pdm_bench.threat_models.attacks import (CarliniWagnerL2, CarliniWagnerL2LineSearch, carlini_wagner_objective,
+                                            frozen_copy)
 from pdm_bench.threat_models.jsma import SaliencyMapTorch
 from pdm_bench.training import train_or_load
 
@@ -29,6 +31,30 @@ def test_objective_matches_the_carlini_wagner_formulation_on_hand_made_logits() 
     # targeted: max(max_{j != t} Z_j - Z_t + k, 0) with k = 0.5: 2-3+.5, 1-5+.5, 4-0+.5
     targeted = carlini_wagner_objective(logits, labels, confidence=0.5, targeted=True)
     assert targeted.tolist() == pytest.approx([0.0, 0.0, 4.5])
+
+
+@pytest.mark.parametrize("negate_logits", [False, True])
+def test_attacks_frozen_copy_computes_the_models_function_and_leaves_the_model_alone(negate_logits: bool) -> None:
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(depth=14, width=8, in_channels=3), negate_logits=negate_logits).eval()
+    for module in model.modules():  # BatchNorm statistics far from the identity, so folding them matters
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_()
+            module.running_var.uniform_(0.2, 3.0)
+            module.weight.data.normal_()
+            module.bias.data.normal_()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    frozen = frozen_copy(model, CPU)
+    x = torch.rand(6, 3, 16, 16)
+    with torch.no_grad():
+        (z, raw), (z_frozen, raw_frozen) = model.embed_and_logits(x), frozen.embed_and_logits(x)
+        torch.testing.assert_close(frozen(x), model(x), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(z_frozen, z, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(raw_frozen, raw, rtol=1e-4, atol=1e-4)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())
+    assert not any(p.requires_grad for p in frozen.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
 @pytest.fixture(scope="module")

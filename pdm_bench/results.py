@@ -63,14 +63,20 @@ class ResultsStore:
         """Whether ``metric`` of ``attack`` in run ``run_id`` is already stored (so a rerun skips it)."""
         return any(r.run_id == run_id and r.attack == attack and r.metric == metric for r in self.rows())
 
-    def append(self, rows: Iterable[ResultRow]) -> None:
-        """Add rows atomically (old content + new rows, then rename over the file)."""
+    def append(self, rows: Iterable[ResultRow], *, unless_stored: tuple[str, str, str] | None = None) -> bool:
+        """Add rows atomically (old content + new rows, then rename over the file); return whether they were added.
+
+        ``unless_stored=(run_id, attack, metric)``: add nothing if that row is already there (checked under the
+        lock, so two processes that finished the same attack record it once).
+        """
         new = list(rows)
         if not new:
-            return
+            return False
         self.directory.mkdir(parents=True, exist_ok=True)
         with _locked(self.directory / ".results.lock"):
             existing = self.rows()
+            if unless_stored is not None and any((r.run_id, r.attack, r.metric) == unless_stored for r in existing):
+                return False
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(COLUMNS)
@@ -78,6 +84,7 @@ class ResultsStore:
             tmp = self.path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
             tmp.write_text(buffer.getvalue(), encoding="utf-8")
             os.replace(tmp, self.path)
+        return True
 
 
 def now() -> str:

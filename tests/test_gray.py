@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -104,6 +106,43 @@ def test_a_kill_inside_a_long_attack_loses_only_the_unfinished_chunk(evaluation_
         rows = run_gray(small, ["cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
         l2_means.append({(r.attack, r.metric): r.value for r in rows}[("cw", "l2_mean")])
     assert l2_means[0] == pytest.approx(l2_means[1], rel=1e-4)
+
+
+def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_parts: tuple[Any, Any, Any],
+                                                                     tmp_path: Path) -> None:
+    data, trained, kde = evaluation_parts
+    indices = sample_indices(data, 100, 0)
+    x = data.x_test[indices]
+    made: list[tuple[int, int]] = []  # (worker, first image of the chunk)
+    outputs: dict[int, tuple[np.ndarray, float]] = {}
+
+    def worker(number: int) -> None:
+        ev = Evaluation(data, trained, ThreatModel.GRAY, kde, indices, ResultsStore(tmp_path), CPU, 0,
+                        log=lambda _: None, chunk_size=20)
+
+        def make(part: slice) -> np.ndarray:
+            made.append((number, part.start))
+            time.sleep(0.3)
+            return x[part] + 0.01
+
+        outputs[number] = ev.cached_adversarials("fake", {}, make)
+
+    threads = [threading.Thread(target=worker, args=(number,)) for number in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(start for _, start in made) == [0, 20, 40, 60, 80]  # each chunk made once
+    assert {number for number, _ in made} == {0, 1}  # by both runs
+    for images, _ in outputs.values():
+        np.testing.assert_allclose(images, x + 0.01)
+    assert not list((tmp_path / "adversarial").glob("*.parts"))
+    # Both record the attack; only the first one's rows are kept.
+    store = ResultsStore(tmp_path)
+    row = Evaluation(data, trained, ThreatModel.GRAY, kde, indices, store, CPU, 0).row("fake", "auc", 0.5, 100)
+    assert store.append([row], unless_stored=(row.run_id, "fake", "auc"))
+    assert not store.append([row], unless_stored=(row.run_id, "fake", "auc"))
+    assert len(store.rows()) == 1
 
 
 def test_results_file_that_is_not_ours_is_refused_and_kept(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
 from art.estimators.classification import PyTorchClassifier
-from art.utils import check_and_transform_label_format, random_targets
+from art.utils import check_and_transform_label_format
 from tqdm.auto import tqdm
 
 from pdm_bench.models import ResNet

@@ -196,7 +196,8 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
              ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
     # The auc row goes last: it marks the run finished (see the skip above).
     ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
-                       *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]])
+                       *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]],
+                      unless_stored=(ev.run_id, WB, "auc"))
     return [r for r in ev.results.rows() if r.run_id == ev.run_id]
 
 

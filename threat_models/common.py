@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -118,7 +120,9 @@ class Evaluation:
 
         ``make(part)`` attacks the images ``part`` of the run's sample. They are made ``chunk_size`` at a time and
         each finished chunk is kept on disk at once, so a run killed in a long attack resumes at the first
-        unfinished chunk (the attacks are per image: chunking does not change the images).
+        unfinished chunk (the attacks are per image: chunking does not change the images). Processes running the
+        same attack share its chunks: each takes a chunk no other is making (a lock per chunk), then waits for the
+        chunks others hold, so N processes on one long attack finish it about N times sooner.
         """
         key = config_key({"run": self.run_id, "attack": attack, **params})
         path = self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
@@ -128,28 +132,66 @@ class Evaluation:
         if whole is not None:
             return whole, float("nan")
         parts_dir = path.with_name(f"{path.stem}.parts")
-        pieces, seconds = [], 0.0
-        for lo in range(0, n, self.chunk_size):
-            part = slice(lo, min(lo + self.chunk_size, n))
-            shape = (part.stop - part.start, *expected[1:])
-            piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
-            piece = _load_array(piece_path, shape)
-            seconds_path = piece_path.with_suffix(".seconds")
-            if piece is None:
-                started = time.perf_counter()
-                piece = np.asarray(make(part), dtype=np.float32)
-                if piece.shape != shape:
-                    raise RuntimeError(f"expected adversarial examples of shape {shape}, got {piece.shape}")
-                atomic_write_text(seconds_path, f"{time.perf_counter() - started:.3f}\n")  # first: a piece has its time
-                _save_array(piece_path, piece)
-                if n > self.chunk_size:
-                    self.log(f"{attack}: images {part.start + 1}-{part.stop} of {n} done and stored")
-            pieces.append(piece)
-            seconds += _read_seconds(seconds_path)
-        adversarial = np.concatenate(pieces)
+        parts = [slice(lo, min(lo + self.chunk_size, n)) for lo in range(0, n, self.chunk_size)]
+        pieces: dict[int, np.ndarray] = {}
+        for wait in (False, True):  # first the chunks nobody else holds, then wait for the others'
+            for part in parts:
+                if part.start in pieces:
+                    continue
+                shape = (part.stop - part.start, *expected[1:])
+                piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
+                piece = _load_array(piece_path, shape)
+                if piece is None:
+                    with _chunk_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
+                        if not held:
+                            continue  # another process is making it
+                        whole = _load_array(path, expected)
+                        if whole is not None:  # another process finished the attack meanwhile
+                            shutil.rmtree(parts_dir, ignore_errors=True)
+                            return whole, float("nan")
+                        piece = _load_array(piece_path, shape)  # it may have been finished while we waited
+                        if piece is None:
+                            piece = self._make_chunk(attack, make, part, shape, piece_path, n)
+                pieces[part.start] = piece
+        adversarial = np.concatenate([pieces[part.start] for part in parts])
+        seconds = _sum_seconds(parts_dir, parts)
         _save_array(path, adversarial)
         shutil.rmtree(parts_dir, ignore_errors=True)
         return adversarial, seconds
+
+    def _make_chunk(self, attack: str, make: Callable[[slice], np.ndarray], part: slice, shape: tuple[int, ...],
+                    piece_path: Path, n: int) -> np.ndarray:
+        started = time.perf_counter()
+        piece = np.asarray(make(part), dtype=np.float32)
+        if piece.shape != shape:
+            raise RuntimeError(f"expected adversarial examples of shape {shape}, got {piece.shape}")
+        # The time first: a stored piece always has its time.
+        atomic_write_text(piece_path.with_suffix(".seconds"), f"{time.perf_counter() - started:.3f}\n")
+        _save_array(piece_path, piece)
+        if n > self.chunk_size:
+            self.log(f"{attack}: images {part.start + 1}-{part.stop} of {n} done and stored")
+        return piece
+
+
+@contextmanager
+def _chunk_lock(lock_path: Path, *, wait: bool) -> Iterator[bool]:
+    """An exclusive lock on one chunk of an attack: yields False at once when another process holds it and
+    ``wait`` is off. The kernel drops a killed process's lock, so its chunk is taken up again."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _sum_seconds(parts_dir: Path, parts: list[slice]) -> float:
+    return sum(_read_seconds(parts_dir / f"{part.start:07d}-{part.stop:07d}.seconds") for part in parts)
 
 
 def _load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

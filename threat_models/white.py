@@ -300,9 +300,8 @@ def start_run(ev: Evaluation, threat: ThreatModel, settings: dict[str, Any], bud
     ev = replace(images_ev, settings={**images_ev.settings, "schedule": [asdict(b) for b in budgets]})
     x, y = ev.dataset.x_test[ev.indices], ev.dataset.y_test[ev.indices]
     clean_pred, clean_score = score(ev.trained, ev.kde, x, device=ev.device)
-    if not ev.results.has(ev.run_id, "clean", "accuracy"):
-        ev.results.append([ev.row("clean", "accuracy", float((clean_pred == y).mean()), len(y)),
-                           ev.row("clean", "bandwidth", ev.kde.bandwidth, len(y))])
+    ev.results.append([ev.row("clean", "accuracy", float((clean_pred == y).mean()), len(y)),
+                       ev.row("clean", "bandwidth", ev.kde.bandwidth, len(y))], unless_stored=(ev.run_id, "clean", "accuracy"))
     return images_ev, ev, (x, y), (clean_pred, clean_score)
 
 
@@ -353,7 +352,8 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
                        ev.row(WB, "target_hit_rate", float((final.wb.pred == targets).mean()), len(y)),
                        ev.row(WB, "stage1_success_rate", final.stage1.success, correct),
                        ev.row(WB, "stage1_seconds", final.stage1.seconds, len(y)),
-                       *[r for r in main if r.metric != "distortion"], *[r for r in main if r.metric == "distortion"]])
+                       *[r for r in main if r.metric != "distortion"], *[r for r in main if r.metric == "distortion"]],
+                      unless_stored=(ev.run_id, WB, "distortion"))
     return [r for r in ev.results.rows() if r.run_id == ev.run_id]
 
 

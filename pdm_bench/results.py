@@ -73,7 +73,7 @@ class ResultsStore:
         if not new:
             return False
         self.directory.mkdir(parents=True, exist_ok=True)
-        with _locked(self.directory / ".results.lock"):
+        with file_lock(self.directory / ".results.lock"):
             existing = self.rows()
             if unless_stored is not None and any((r.run_id, r.attack, r.metric) == unless_stored for r in existing):
                 return False
@@ -111,10 +111,17 @@ def _parse(text: str, path: Path) -> Iterator[ResultRow]:
 
 
 @contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
+def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``lock_path`` (created if missing): yields False at once when another process holds it
+    and ``wait`` is off. The kernel drops a killed process's lock."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -21,7 +19,7 @@ from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.kde import GaussianKDE
 from pdm_bench.records import atomic_write_text
-from pdm_bench.results import ResultRow, ResultsStore, now
+from pdm_bench.results import ResultRow, ResultsStore, file_lock, now
 from pdm_bench.training import TrainedModel
 
 Log = Callable[[str], None]
@@ -142,7 +140,7 @@ class Evaluation:
                 piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
                 piece = _load_array(piece_path, shape)
                 if piece is None:
-                    with _chunk_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
+                    with file_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
                         if not held:
                             continue  # another process is making it
                         whole = _load_array(path, expected)
@@ -171,23 +169,6 @@ class Evaluation:
         if n > self.chunk_size:
             self.log(f"{attack}: images {part.start + 1}-{part.stop} of {n} done and stored")
         return piece
-
-
-@contextmanager
-def _chunk_lock(lock_path: Path, *, wait: bool) -> Iterator[bool]:
-    """An exclusive lock on one chunk of an attack: yields False at once when another process holds it and
-    ``wait`` is off. The kernel drops a killed process's lock, so its chunk is taken up again."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _sum_seconds(parts_dir: Path, parts: list[slice]) -> float:

@@ -115,6 +115,7 @@ def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_p
     x = data.x_test[indices]
     made: list[tuple[int, int]] = []  # (worker, first image of the chunk)
     outputs: dict[int, tuple[np.ndarray, float]] = {}
+    start_together = threading.Barrier(2)
 
     def worker(number: int) -> None:
         ev = Evaluation(data, trained, ThreatModel.GRAY, kde, indices, ResultsStore(tmp_path), CPU, 0,
@@ -125,6 +126,7 @@ def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_p
             time.sleep(0.3)
             return x[part] + 0.01
 
+        start_together.wait()
         outputs[number] = ev.cached_adversarials("fake", {}, make)
 
     threads = [threading.Thread(target=worker, args=(number,)) for number in (0, 1)]

@@ -8,7 +8,6 @@ with ``--defense-option NAME=VALUE`` and part of the cached model's key.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from pdm_bench.defenses.losses import ClassGroups
-from pdm_bench.errors import UserError, unknown_name_error
+from pdm_bench.options import build_options
 
 
 @dataclass(frozen=True)
@@ -62,33 +61,7 @@ class Defense(ABC):
     @classmethod
     def from_options(cls, raw: Mapping[str, str]) -> "Defense":
         """Build from ``NAME=VALUE`` strings, converting each to its field's type."""
-        hints = typing.get_type_hints(cls)
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, text in raw.items():
-            if key not in fields:
-                raise unknown_name_error(f"option of defense '{cls.name}'", key, fields)
-            values[key] = _parse_option(cls.name, key, text, hints[key])
-        try:
-            return cls(**values)
-        except (TypeError, ValueError) as error:
-            raise UserError(f"Bad options for defense '{cls.name}': {error}") from None
-
-
-def _parse_option(defense: str, key: str, text: str, hint: Any) -> Any:
-    choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()
-    if choices:
-        if text not in choices:
-            raise UserError(f"Option {key} of defense '{defense}' must be one of {', '.join(map(str, choices))}; got '{text}'")
-        return text
-    try:
-        if hint is bool:
-            if text.lower() not in {"true", "false", "1", "0", "yes", "no"}:
-                raise ValueError(text)
-            return text.lower() in {"true", "1", "yes"}
-        return hint(text)
-    except (TypeError, ValueError):
-        raise UserError(f"Option {key} of defense '{defense}' expects {getattr(hint, '__name__', hint)}, got '{text}'") from None
+        return build_options(cls, raw, owner=f"defense '{cls.name}'")
 
 
 def check_non_negative(owner: object, *names: str) -> None:

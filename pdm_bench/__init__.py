@@ -1,3 +1,19 @@
-"""pdm-bench: reproduce and extend PDM (penetration distortion maximisation) adversarial-detection benchmarks."""
+"""pdm-bench: train defended classifiers and benchmark detection of adversarial examples on their embeddings.
+
+The Python API (``pdm_bench.api``) is imported lazily, so ``pdm-bench --help`` stays fast."""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+__all__ = ["Study", "Trained", "evaluate", "load", "report", "train", "wrap"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from pdm_bench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'pdm_bench' has no attribute {name!r}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdm_bench.threat_models.common import embed_and_predict
+from pdm_bench.inference import embed_and_predict
 
 DEFAULT_POINTS = 1000
 

@@ -1,29 +1,24 @@
-"""The one module that builds ART objects: a trained defense as an ART ``PyTorchClassifier``, the attacks, and the
-black-box distillation pieces (``CopycatCNN``)."""
+"""ART at the edge: a trained model as an ART ``PyTorchClassifier`` (its embedding reachable by layer name), and the
+black-box distillation pieces (``CopycatCNN``). The attacks are built in ``pdm_bench.threat_models.attack_specs``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from art.attacks.attack import EvasionAttack
-from art.attacks.evasion import BasicIterativeMethod, CarliniL2Method, FastGradientMethod, SaliencyMapMethod
 from art.attacks.extraction import CopycatCNN
 from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.errors import UserError
-from pdm_bench.models import ResNet
-from pdm_bench.training import atomic_save
+from pdm_bench.storage import atomic_save
 
-EMBEDDING_LAYER = "embedding"
+from pdm_bench.contract import EMBEDDING_LAYER
 
 
 def to_art_classifier(
-    model: ResNet,
+    model: torch.nn.Module,
     *,
     input_shape: tuple[int, int, int],
     nb_classes: int,
@@ -50,66 +45,6 @@ def to_art_classifier(
 def art_embeddings(classifier: PyTorchClassifier, x: np.ndarray, *, batch_size: int = 256) -> np.ndarray:
     """The pre-logits embedding of ``x`` as ART returns it, by layer name (never by index: see REFERENCE.md)."""
     return np.asarray(classifier.get_activations(x, EMBEDDING_LAYER, batch_size=batch_size, framework=False))
-
-
-class AttackBackend(str, Enum):
-    """``torch``: our batched ports where ART's are slow or weak (C&W, JSMA); ``art``: ART's originals.
-
-    With ``torch``, a C&W spec's ``solver`` picks the algorithm: ``adam`` (Carlini and Wagner's original, as in
-    cleverhans) or ``line-search`` (ART's ``CarliniL2Method`` algorithm, ported).
-    """
-
-    TORCH = "torch"
-    ART = "art"
-
-
-@dataclass(frozen=True, kw_only=True)
-class AttackSpec:
-    """An attack as data: its family and parameters (Appendix C of the paper)."""
-
-    name: str
-    family: str  # fgsm, bim, cw, jsma
-    params: dict[str, Any] = field(default_factory=dict)
-
-
-def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: AttackBackend, targeted: bool,
-                 batch_size: int = 128) -> EvasionAttack:
-    """An ART ``EvasionAttack`` for ``spec`` against ``classifier``."""
-    p = spec.params
-    if spec.family == "fgsm":
-        return FastGradientMethod(classifier, norm=np.inf, eps=p["eps"], targeted=targeted, batch_size=batch_size)
-    if spec.family == "bim":
-        return BasicIterativeMethod(classifier, eps=p["eps"], eps_step=p["eps"] / 10, max_iter=p.get("max_iter", 10),
-                                    targeted=targeted, batch_size=batch_size, verbose=False)
-    if spec.family == "cw":
-        if backend is AttackBackend.ART:
-            return CarliniL2Method(classifier, confidence=p["confidence"], targeted=targeted,
-                                   binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
-                                   batch_size=batch_size, verbose=False)
-        from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch
-
-        solver = CarliniWagnerL2 if p.get("solver", "adam") == "adam" else CarliniWagnerL2LineSearch
-        return solver(classifier, confidence=p["confidence"], targeted=targeted,
-                      binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size)
-    if spec.family == "jsma":  # always targeted (random targets when none are given), as in ART
-        if backend is AttackBackend.ART:
-            return SaliencyMapMethod(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=False)
-        from pdm_bench.threat_models.jsma import SaliencyMapTorch
-
-        return SaliencyMapTorch(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size)
-    raise ValueError(f"expected an attack family fgsm, bim, cw or jsma, got {spec.family!r}")
-
-
-def build_cw_attack(classifier: PyTorchClassifier, *, kde: Any = None, log_tau: torch.Tensor | None = None,
-                    threshold: str = "median", **params: Any) -> EvasionAttack:
-    """Targeted C&W L2 (Adam, the original algorithm) with ``params``; with ``kde``: C&W-wb against that KDE."""
-    from pdm_bench.threat_models.attacks import CarliniWagnerL2
-
-    if kde is None:
-        return CarliniWagnerL2(classifier, targeted=True, **params)
-    from pdm_bench.threat_models.cw_kde import CarliniWagnerKDE
-
-    return CarliniWagnerKDE(classifier, kde=kde, log_tau=log_tau, threshold=threshold, **params)  # type: ignore[arg-type]
 
 
 class ProbabilityOutput(torch.nn.Module):

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from pdm_bench.art_adapter import AttackBackend
-from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName, get_preset, make_plan, resolve_cache_dir, resolve_device
-from pdm_bench.data import DATASET_NAMES, load_dataset, resolve_data_dir
-from pdm_bench.errors import UserError, unknown_name_error
-from pdm_bench.registry import defense_registry
-from pdm_bench.threat_options import WhiteBoxOptions, white_box_options
+from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName
+from pdm_bench.data import DATASET_NAMES
+from pdm_bench.errors import UserError
+from pdm_bench.options import describe_options, parse_pairs
+from pdm_bench.registry import Registry, defense_registry, detector_registry, threat_model_registry
 
 if TYPE_CHECKING:
-    import torch
-
-    from pdm_bench.data import Dataset
-    from pdm_bench.training import TrainedModel
+    from pdm_bench.api import Trained
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -32,16 +26,6 @@ EXIT_INTERRUPTED = 130
 @click.version_option(package_name="pdm-bench")
 def cli() -> None:
     """pdm-bench: train defended classifiers and benchmark KDE detection of adversarial examples."""
-
-
-def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
-    options: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise UserError(f"--defense-option expects NAME=VALUE, got '{pair}'")
-        options[name.strip()] = value.strip()
-    return options
 
 
 def _data_and_training_options(*, dataset_default: str, with_defense: bool) -> list[Callable[..., Any]]:
@@ -84,43 +68,14 @@ def study_options(command: Callable[..., None]) -> Callable[..., None]:
     return _apply(_data_and_training_options(dataset_default="mnist", with_defense=False), command)
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    dataset: str
-    defense: str
-    defense_options: tuple[str, ...]
-    preset: str
-    epochs: int | None
-    seed: int
-    data_dir: Path | None
-    cache_dir: Path | None
-    device: str
-    progress: bool | None
+def _train(*, defense: str, defense_options: Sequence[str], progress: bool | None, results_dir: Path | None = None,
+           geometry: bool = True, **options: Any) -> Trained:
+    """Every option resolved (bad ones fail here, before any work), then the model trained or reused."""
+    from pdm_bench import api
 
-
-def _train_or_load(choice: ModelChoice) -> tuple[Dataset, TrainedModel, torch.device]:
-    """Resolve every option (bad ones fail here, before any work), then train or reuse the model."""
-    from pdm_bench.training import train_or_load  # torch-heavy imports only when needed
-
-    torch_device = resolve_device(choice.device)
-    defense = defense_registry().get(choice.defense).from_options(_parse_options(choice.defense_options))
-    cache = resolve_cache_dir(choice.cache_dir)
-    data = load_dataset(choice.dataset, data_dir=resolve_data_dir(choice.data_dir), cache_dir=cache)
-    plan = make_plan(choice.preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                     seed=choice.seed, epochs=choice.epochs)
-    click.echo(f"Dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, "
-               f"{'x'.join(map(str, data.input_shape))}, {data.num_classes} classes")
-    click.echo(f"Defense {defense.name} {defense.options() or ''}".rstrip()
-               + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {choice.seed}, device {torch_device}")
-    started = time.perf_counter()
-    progress = _progress(choice.progress)
-    result = train_or_load(dataset=data, defense=defense, plan=plan, cache_dir=cache, device=torch_device,
-                           progress=progress, log=click.echo)
-    verb = "reused" if result.from_cache else f"trained in {time.perf_counter() - started:.1f} s"
-    click.echo(f"Clean test accuracy: {100 * result.test_accuracy:.2f}% "
-               f"({defense.name} on {data.name}, preset {plan.preset}, seed {choice.seed}; {verb})")
-    click.echo(f"Model: {result.run_dir}")
-    return data, result, torch_device
+    return api.train(defense=defense, options=parse_pairs(defense_options, flag="--defense-option"),
+                     progress=_progress(progress), log=click.echo, results_dir=results_dir, geometry=geometry,
+                     command=_command_line(), **options)
 
 
 def _command_line() -> str:
@@ -128,22 +83,6 @@ def _command_line() -> str:
     obj = click.get_current_context().find_root().obj
     args = obj.get("argv", []) if isinstance(obj, dict) else []
     return " ".join(["pdm-bench", *args])
-
-
-def _record(results_dir: Path, data: Dataset, trained: TrainedModel, device: torch.device, *, geometry: bool,
-            details: dict[str, Any], run_ids: set[str] | None = None) -> None:
-    """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
-    from pdm_bench.records import record_model, record_run
-    from pdm_bench.results import ResultsStore
-
-    store = ResultsStore(results_dir)
-    record_model(store, data, trained, device=device, geometry=geometry, log=click.echo)
-    for run_id in sorted(run_ids or {trained.key}):
-        if run_id == trained.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
-            continue  # the model's own record stays that of the command that first measured it
-        record_run(store, run_id, command=_command_line(), device=device,
-                   details={"dataset": data.name, "preset": trained.plan.preset, "seed": trained.plan.seed,
-                            "defense": trained.defense.name, "model": trained.key, **details})
 
 
 def _progress(flag: bool | None) -> bool:
@@ -166,69 +105,98 @@ def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
         from pdm_bench.results import ResultsStore
 
         ResultsStore(results_dir).rows()  # refuse a foreign or malformed results file before any work
-    data, trained, device = _train_or_load(ModelChoice(**options))
-    if results_dir is not None:
-        _record(results_dir, data, trained, device, geometry=geometry, details={"threat": "model"})
+    _train(results_dir=results_dir, geometry=geometry, **options)
+
+
+# The built-in threat models' own flags (each class's ``flags`` says which apply to it); None = not given.
+THREAT_FLAGS = [
+    click.option("--attacks", default=None, help="gray: comma-separated attacks, e.g. fgsm-0.05,cw (default: all seven)."),
+    click.option("--attack-backend", type=click.Choice(["torch", "art"]), default=None,
+                 help="gray: torch (our fast C&W/JSMA ports, default) or art (ART's originals)."),
+    click.option("--targeted/--untargeted", default=None, help="gray: seeded random targets (Pang's code); default untargeted."),
+    click.option("--resiliency/--no-resiliency", default=None, help="gray: accuracy under FGSM/BIM over an eps grid [on]."),
+    click.option("--cw-iterations", type=int, default=None, help="white/black: C&W-wb Adam steps (one fixed budget)."),
+    click.option("--cw-search-steps", type=int, default=None, help="white/black: binary-search steps (one fixed budget)."),
+    click.option("--cw-initial-const", type=float, default=None, help="white/black: first constant c (one fixed budget)."),
+    click.option("--cw-learning-rate", type=float, default=None, help="white/black: Adam step size (one fixed budget)."),
+    click.option("--wb-kde-points", type=int, default=None, help="white/black: kernel points per class of the attacker's KDE [100]."),
+    click.option("--wb-threshold", type=click.Choice(["median", "clean"]), default=None,
+                 help="white/black: density to reach: the target class's median (Pang) or the clean image's (Carlini)."),
+    click.option("--proxy-depth", type=int, default=None, help="black: the proxy ResNet's depth 6n+2 [quick 8, paper 32]."),
+    click.option("--proxy-epochs", type=int, default=None, help="black: distillation epochs [the target's]."),
+    click.option("--threat-option", "-t", "threat_option_pairs", multiple=True, metavar="NAME=VALUE",
+                 help="Any option of the threat model (repeatable); `pdm-bench list` shows them."),
+]
+DETECTOR_FLAGS = [
+    click.option("--detector", default="kde", show_default=True, help="A detector name; `pdm-bench list` shows them all."),
+    click.option("--detector-option", "detector_option_pairs", multiple=True, metavar="NAME=VALUE",
+                 help="An option of the detector (repeatable), e.g. --detector-option points_per_class=500."),
+    click.option("--bandwidth", type=float, default=None, help="kde: fixed bandwidth [chosen on clean training embeddings]."),
+    click.option("--kde-points", type=click.IntRange(min=1), default=None, help="kde: kernel points per class [1000]."),
+]
+
+
+def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
+    """``{"--attacks": "cw", ...}`` for the threat flags given (click's parameter names back to flags)."""
+    return {f"--{key.replace('_', '-')}": value for key, value in values.items() if value is not None}
+
+
+def threat_options(name: str, given: dict[str, Any], pairs: Sequence[str], *, strict: bool) -> dict[str, Any]:
+    """The options of threat model ``name`` from its flags and ``-t`` pairs. ``strict``: a flag it does not take is
+    an error (``run``); otherwise it is left to the study's other threat models (``paper``)."""
+    cls = threat_model_registry().get(name)
+    options: dict[str, Any] = {}
+    for flag, value in given.items():
+        if flag in cls.flags:
+            options[cls.flags[flag]] = value
+        elif strict:
+            takes = ", ".join(cls.flags) or "none"
+            raise UserError(f"{flag} does not apply to threat model '{name}' (its flags: {takes}; any option with -t NAME=VALUE)")
+    return {**options, **parse_pairs(pairs, flag="--threat-option")}
+
+
+def detector_choice(detector: str, pairs: Sequence[str], bandwidth: float | None, kde_points: int | None) -> Any:
+    """The detector (validated now, fitted later) from ``--detector`` and its options."""
+    from pdm_bench.api import make_detector
+
+    options: dict[str, Any] = parse_pairs(pairs, flag="--detector-option")
+    for flag, key, value in (("--bandwidth", "bandwidth", bandwidth), ("--kde-points", "points_per_class", kde_points)):
+        if value is not None:
+            if detector != "kde":
+                raise UserError(f"{flag} is an option of the kde detector, not of '{detector}'")
+            options[key] = value
+    return make_detector(detector, options)
+
+
+def _apply_flags(command: Callable[..., None]) -> Callable[..., None]:
+    return _apply([*THREAT_FLAGS, *DETECTOR_FLAGS], command)
 
 
 @cli.command(name="run")
-@click.option("--threat", required=True, help="gray, white or black (Appendix D).")
+@click.option("--threat", required=True, help="A threat model: gray, white, black or a plugin's (`pdm-bench list`).")
 @model_options
-@click.option("--attacks", default=None, help="Comma-separated subset, e.g. fgsm-0.05,cw (default: all of the threat's).")
-@click.option("--n-samples", type=int, default=None, help="Test images to attack (paper: 1000) [default: the preset's, quick 200, paper 1000].")
-@click.option("--attack-backend", type=click.Choice([b.value for b in AttackBackend]), default=AttackBackend.TORCH.value,
-              show_default=True, help="torch: our fast C&W/JSMA ports; art: ART's originals.")
-@click.option("--targeted/--untargeted", default=False, show_default=True,
-              help="Untargeted as the paper; --targeted uses seeded random targets (Pang's code).")
+@click.option("--n-samples", type=int, default=None,
+              help="Test images to attack (paper: 1000) [default: the preset's, quick 200, paper 1000].")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pdm-results"),
               show_default=True, help="results.csv and cached adversarial examples.")
-@click.option("--bandwidth", type=float, default=None, help="Fixed KDE bandwidth [default: chosen on clean training embeddings].")
-@click.option("--kde-points", type=click.IntRange(min=1), default=1000, show_default=True, help="Kernel points per class.")
-@click.option("--resiliency/--no-resiliency", default=True, show_default=True, help="Accuracy under FGSM/BIM over an eps grid.")
 @GEOMETRY_OPTION
-@white_box_options
-def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_backend: str, targeted: bool,
-                results_dir: Path, bandwidth: float | None, kde_points: int, resiliency: bool, geometry: bool,
-                **options: Any) -> None:
+@_apply_flags
+def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry: bool, detector: str,
+                detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
+                threat_option_pairs: tuple[str, ...], **options: Any) -> None:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
-    from pdm_bench.results import ResultsStore
-    from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
-    from pdm_bench.threat_models.gray import GRAY_ATTACKS, gray_table, parse_attack, run_gray
+    from pdm_bench import api
 
-    try:
-        threat_model = ThreatModel(threat)
-    except ValueError:
-        raise unknown_name_error("threat model", threat, [t.value for t in ThreatModel]) from None
-    white = WhiteBoxOptions.pop(options)
-    if threat_model is ThreatModel.GRAY:
-        names = [parse_attack(a.strip()).name for a in attacks.split(",") if a.strip()] if attacks else list(GRAY_ATTACKS)
-    elif attacks:
-        raise UserError(f"--attacks selects gray-box attacks; the {threat} threat model runs C&W-wb and plain C&W, got '{attacks}'")
-    attack_run = white.runner(threat_model)  # a bad budget fails here, before any work
-    if bandwidth is not None and not bandwidth > 0:
-        raise UserError(f"--bandwidth must be > 0, got {bandwidth}")
-    store = ResultsStore(results_dir)
-    store.rows()  # refuse a foreign or malformed results file before any work
-    data, trained, device = _train_or_load(ModelChoice(**options))
-    indices = sample_indices(data, n_samples, options["seed"], default=get_preset(options["preset"]).attack_samples)
-    kde = fit_detector(trained, data, device=device, points_per_class=kde_points, bandwidth=bandwidth, seed=options["seed"])
-    click.echo(f"Detector: Gaussian KDE, {kde_points} points per class, bandwidth {kde.bandwidth:.4g}"
-               f" ({'fixed' if bandwidth else 'max leave-one-out likelihood on clean training embeddings'})")
-    if threat_model is ThreatModel.GRAY:
-        evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"],
-                                settings={"targeted": targeted, "backend": attack_backend}, log=click.echo)
-        rows = run_gray(evaluation, names, backend=AttackBackend(attack_backend), targeted=targeted, resiliency=resiliency)
-        table = gray_table(rows, names)
-    else:
-        evaluation = Evaluation(data, trained, threat_model, kde, indices, store, device, options["seed"], log=click.echo)
-        rows, table = attack_run(evaluation, progress=_progress(options["progress"]))
-    _record(results_dir, data, trained, device, geometry=geometry, run_ids={r.run_id for r in rows} | {trained.key},
-            details={"threat": threat_model.value, "n_samples": len(indices), "bandwidth": kde.bandwidth,
-                     "kde_points": kde_points, "attack_backend": attack_backend, "targeted": targeted})
-    click.echo(f"\n{threat_model.value.capitalize()}-box results ({trained.defense.name} on {data.name}, N={len(indices)}, "
-               f"run {evaluation.run_id}):")
-    click.echo(table)
-    click.echo(f"Rows in {store.path}")
+    given = _flag_values({k: options.pop(k.replace("-", "_")) for k in
+                          ("attacks", "attack_backend", "targeted", "resiliency", "cw_iterations", "cw_search_steps",
+                           "cw_initial_const", "cw_learning_rate", "wb_kde_points", "wb_threshold", "proxy_depth",
+                           "proxy_epochs")})
+    prepared = api.prepare_evaluation(threat=api.make_threat(threat, threat_options(threat, given, threat_option_pairs, strict=True)),
+                                      detector=detector_choice(detector, detector_option_pairs, bandwidth, kde_points),
+                                      results_dir=results_dir, options={})
+    trained = _train(**options)
+    api.run_evaluation(trained, *prepared, n_samples=n_samples, geometry=geometry, progress=_progress(options["progress"]),
+                       log=click.echo, command=_command_line())
 
 
 @cli.command()
@@ -238,11 +206,9 @@ def run_command(threat: str, attacks: str | None, n_samples: int | None, attack_
               help="Output folder [default: RESULTS_DIR/report].")
 def report(results_dir: Path, out: Path | None) -> None:
     """Write the paper's Tables 1-4 (CSV, LaTeX) and report.html with its figures, from recorded results only."""
-    from pdm_bench.reports.generator import write_report
+    from pdm_bench import api
 
-    if not results_dir.is_dir():
-        raise UserError(f"Results directory {results_dir} does not exist: pass the --results-dir of your runs")
-    for path in write_report(results_dir, out if out is not None else results_dir / "report"):
+    for path in api.report(results_dir, out=out):
         click.echo(f"wrote {path}")
 
 
@@ -255,9 +221,8 @@ STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="[default: pdm-results/DATASET-PRESET]")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: RESULTS_DIR/report].")
-@click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated subset of the threat models.")
+@click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated threat models (plugins too).")
 @click.option("--n-samples", type=int, default=None, help="Test images attacked [default: the preset's].")
-@click.option("--attacks", default=None, help="Gray-box attack subset (default: all seven).")
 @click.option("--defenses", default=STUDY_ATTACKED, show_default=True,
               help="Defenses trained and attacked (Tables 1-4); plugins too, e.g. baseline,pdm,my_defense.")
 @click.option("--train-only", default=STUDY_TRAIN_ONLY, show_default=True,
@@ -266,81 +231,77 @@ STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
               "seed; the report gives mean and sd.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Steps run at once, as subprocesses with CPUs/JOBS torch threads each, logs in RESULTS_DIR/logs/.")
-@white_box_options
+@_apply_flags
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
-          attacks: str | None, defenses: str, train_only: str, seeds: str | None, jobs: int, progress: bool | None,
-          **white: Any) -> None:
+          defenses: str, train_only: str, seeds: str | None, jobs: int, progress: bool | None, detector: str,
+          detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
+          threat_option_pairs: tuple[str, ...], **flags: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
-    from pdm_bench.study import (STEP_TIMES, costliest_first, defense_list, parse_seeds, record_step, run_parallel,
-                                 study_log_dir, study_steps)
-    from pdm_bench.threat_models.common import ThreatModel
+    from pdm_bench import api
+    from pdm_bench.study import parse_seeds
 
     chosen = [t.strip() for t in threats.split(",") if t.strip()]
+    registry = threat_model_registry()
     for name in chosen:
-        try:
-            ThreatModel(name)
-        except ValueError:
-            raise unknown_name_error("threat model", name, [t.value for t in ThreatModel]) from None
-    if n_samples is not None and n_samples <= 0:
-        raise UserError(f"--n-samples must be a positive number of test images, got {n_samples}")
-    attacked, trained_only = defense_list("--defenses", defenses), defense_list("--train-only", train_only)
-    if not attacked:
-        raise UserError("--defenses must name at least one defense, got ''")
-    if both := sorted(set(attacked) & set(trained_only)):
-        raise UserError(f"--train-only repeats {', '.join(both)} from --defenses (those are trained anyway)")
-    seed_list = parse_seeds(seeds) if seeds is not None else [seed]
-    if attacks:
-        from pdm_bench.threat_models.gray import parse_attack
+        registry.get(name)
+    if detector_option_pairs or bandwidth is not None or kde_points is not None:
+        raise UserError("paper runs each detector with its default options; set them per run with `pdm-bench run`")
+    given = _flag_values(flags)
+    options = {name: threat_options(name, given, threat_option_pairs if len(chosen) == 1 else (), strict=False)
+               for name in chosen}
+    if threat_option_pairs and len(chosen) != 1:
+        raise UserError("-t/--threat-option needs exactly one threat model in --threats (options differ between them)")
+    if unused := sorted(f for f in given if not any(f in registry.get(n).flags for n in chosen)):
+        raise UserError(f"{', '.join(unused)} applies to none of --threats {threats}")
+    study = api.Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
+                      seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
+                      n_samples=n_samples, detector=detector, threat_options={k: v for k, v in options.items() if v},
+                      results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
+                      progress=_progress(progress), log=click.echo)
+    for path in study.run(jobs=jobs):
+        click.echo(f"wrote {path}")
 
-        for name in attacks.split(","):
-            parse_attack(name.strip())  # an unknown attack fails now, not after four trainings
-    WhiteBoxOptions.pop(dict(white)).runner(ThreatModel.WHITE)  # so does a bad C&W-wb budget
-    results_dir = results_dir if results_dir is not None else Path("pdm-results") / f"{dataset.replace('/', '_').replace(':', '_')}-{preset}"
-    shared = {"dataset": dataset, "preset": preset, "epochs": epochs, "data_dir": data_dir, "cache_dir": cache_dir,
-              "device": device, "progress": progress, "defense_options": (), "results_dir": results_dir}
-    trainings, attacks_steps = study_steps(
-        train=train, run=run_command, attacked=attacked, trained_only=trained_only, threats=chosen, seeds=seed_list,
-        shared=shared, gray={"attacks": attacks}, attack={"n_samples": n_samples, **white})
-    ctx = click.get_current_context()
-    started = time.perf_counter()
-    if jobs == 1:
-        steps = [*trainings, *attacks_steps]
-        for number, step in enumerate(steps, start=1):
-            click.echo(f"\n=== [{number}/{len(steps)}] {step.title} "
-                       f"({time.perf_counter() - started:.0f} s into the study)")
-            step_started = time.perf_counter()
-            ctx.invoke(step.command, **step.params)
-            record_step(study_log_dir(results_dir), step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
-    else:
-        for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(attacks_steps))):
-            click.echo(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
-                       f"({time.perf_counter() - started:.0f} s into the study)")
-            failed = run_parallel(phase_steps, jobs=jobs, log_dir=study_log_dir(results_dir), echo=click.echo)
-            if failed:
-                raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
-                                "fix and rerun the same command to resume")
-    ctx.invoke(report, results_dir=results_dir, out=out)
-    click.echo(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
-               f"Each step's time: {study_log_dir(results_dir) / STEP_TIMES}")
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _list_components(title: str, registry: Registry[Any], *, options: bool = True) -> None:
+    click.echo(f"{title}:")
+    for status in registry.statuses():
+        if status.error is not None:
+            click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
+            continue
+        value = status.value
+        origin = "" if status.origin == "built-in" else f" [{status.origin}]"
+        click.echo(f"  {status.name:<14} {getattr(value, 'description', '')}{origin}")
+        params = getattr(value, "params_type", value)
+        described = describe_options(params) if options and isinstance(params, type) else ""
+        if described:
+            click.echo(f"  {'':<14} options: {described}")
 
 
 @cli.command(name="list")
 def list_command() -> None:
-    """List defenses (with their options), datasets, presets and devices."""
-    click.echo("Defenses:")
-    for status in defense_registry().statuses():
+    """List defenses, detectors, threat models and attacks (with their options), datasets, presets and devices."""
+    _list_components("Defenses", defense_registry())
+    _list_components("Detectors (--detector)", detector_registry())
+    _list_components("Threat models (--threat)", threat_model_registry())
+    from pdm_bench.threat_models.attack_specs import attack_registry
+
+    click.echo("Gray-box attacks (--attacks):")
+    for status in attack_registry().statuses():
         if status.error is not None:
             click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
             continue
-        cls = status.value
-        options = ", ".join(f"{f.name}={f.default}" for f in fields(cls))  # type: ignore[arg-type]
+        spec = status.value
+        settings = ", ".join(f"{k}={v}" for k, v in spec.params.items())  # type: ignore[union-attr]
         origin = "" if status.origin == "built-in" else f" [{status.origin}]"
-        click.echo(f"  {status.name:<14} {cls.description}{origin}")  # type: ignore[union-attr]
-        if options:
-            click.echo(f"  {'':<14} options: {options}")
+        click.echo(f"  {status.name:<14} {spec.family}: {settings}{origin}")  # type: ignore[union-attr]
+    click.echo(f"  {'fgsm-EPS':<14} any eps in (0, 1]; also bim-EPS")
     click.echo("Datasets:")
     for name in DATASET_NAMES:
         click.echo(f"  {name}")
@@ -349,15 +310,6 @@ def list_command() -> None:
     for preset in PRESETS.values():
         click.echo(f"  {preset.name:<14} {preset.description}")
     click.echo(f"Devices: {', '.join(DEVICE_CHOICES)} (auto picks cuda when present)")
-    from pdm_bench.threat_models.common import ThreatModel
-    from pdm_bench.threat_models.gray import GRAY_ATTACKS
-
-    click.echo(f"Threat models: {', '.join(t.value for t in ThreatModel)}")
-    click.echo("Gray-box attacks (--attacks):")
-    for spec in GRAY_ATTACKS.values():
-        settings = ", ".join(f"{k}={v}" for k, v in spec.params.items())
-        click.echo(f"  {spec.name:<14} {spec.family}: {settings}")
-    click.echo(f"  {'fgsm-EPS':<14} any eps in (0, 1]; also bim-EPS")
 
 
 def run(argv: Sequence[str] | None = None) -> int:

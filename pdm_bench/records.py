@@ -22,10 +22,11 @@ from typing import Any
 import torch
 
 from pdm_bench.data import Dataset
-from pdm_bench.results import ResultRow, ResultsStore, now
+from pdm_bench.results import ResultRow, ResultsStore, Threat, now
+from pdm_bench.storage import atomic_write_text
 from pdm_bench.training import TrainedModel
 
-MODEL_THREAT = "model"
+MODEL_THREAT = Threat.MODEL.value
 PACKAGES = ("pdm-bench", "torch", "adversarial-robustness-toolbox", "numpy", "scikit-learn", "jinja2", "matplotlib")
 GEOMETRY_METRICS = ("davies_bouldin", "embedding_margin", "embedding_margin_mean", "jacobian_frobenius", "margin_bound")
 
@@ -39,9 +40,10 @@ def model_row(data: Dataset, trained: TrainedModel, attack: str, metric: str, va
 def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, device: torch.device,
                  geometry: bool = True, points: int = 1000, log: Any = print) -> None:
     """Clean test accuracy and (once per model) the embedding geometry, as rows; t-SNE to ``embeddings/``."""
-    rows = [] if store.has(trained.key, "clean", "test_accuracy") else [
-        model_row(data, trained, "clean", "test_accuracy", trained.test_accuracy, len(data.y_test))]
-    if geometry and not store.has(trained.key, "embedding", "margin_bound"):
+    if not store.finished(trained.key, "clean", legacy=("clean", "test_accuracy")):
+        store.append([model_row(data, trained, "clean", "test_accuracy", trained.test_accuracy, len(data.y_test))],
+                     completes="clean", legacy=("clean", "test_accuracy"))
+    if geometry and not store.finished(trained.key, "embedding", legacy=("embedding", "margin_bound")):
         from pdm_bench.analysis import measure_geometry
 
         started = time.perf_counter()
@@ -50,11 +52,11 @@ def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, d
             write_tsne(store.directory, trained.key, g.tsne, g.labels)
         values = {"davies_bouldin": g.davies_bouldin, "embedding_margin": g.margin, "embedding_margin_mean": g.margin_mean,
                   "jacobian_frobenius": g.jacobian_frobenius, "margin_bound": g.bound}
-        rows += [model_row(data, trained, "embedding", k, v, g.n) for k, v in values.items()]
+        store.append([model_row(data, trained, "embedding", k, v, g.n) for k, v in values.items()],
+                     completes="embedding", legacy=("embedding", "margin_bound"))
         log(f"Embedding geometry ({g.n} test images, {time.perf_counter() - started:.1f} s): Davies-Bouldin "
             f"{g.davies_bouldin:.3f}, margin eta {g.margin:.4g}, mean ||J||_F {g.jacobian_frobenius:.4g}, "
             f"eta/||J|| {g.bound:.4g}")
-    store.append(rows)
 
 
 def tsne_path(directory: Path, key: str) -> Path:
@@ -127,12 +129,3 @@ def read_runs(directory: Path) -> dict[str, dict[str, Any]]:
         if isinstance(payload, dict):
             runs[path.stem] = payload
     return runs
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file and ``os.replace``: a reader sees the old file or the new, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path

@@ -1,7 +1,10 @@
-"""A small registry of named, lazily imported objects, fed by built-ins and entry-point plugins.
+"""Registries of named, lazily imported components, fed by built-ins and entry-point plugins: defenses, detectors,
+threat models (here) and the gray box's attacks (``pdm_bench.threat_models.attack_specs``). One contract for all:
+a name is looked up without importing anything else, unknown names get a did-you-mean error, a plugin that fails to
+load is listed as BROKEN (the others keep working), and a plugin cannot take a built-in's name.
 
-No global state: :func:`defense_registry` builds a fresh one each call (the CLI builds one per command,
-tests one per test).
+No global state: each ``*_registry()`` call builds a fresh one (the CLI one per command, tests one per test).
+Built-ins are named here as ``module:attribute`` strings, so this core module imports none of them.
 """
 
 from __future__ import annotations
@@ -17,12 +20,20 @@ from pdm_bench.errors import UserError, unknown_name_error
 T = TypeVar("T")
 
 DEFENSE_ENTRY_POINT_GROUP = "pdm_bench.defenses"
+DETECTOR_ENTRY_POINT_GROUP = "pdm_bench.detectors"
+THREAT_MODEL_ENTRY_POINT_GROUP = "pdm_bench.threat_models"
 
 BUILTIN_DEFENSES: dict[str, str] = {
     "baseline": "pdm_bench.defenses.baseline:Baseline",
     "rce": "pdm_bench.defenses.rce:ReverseCrossEntropy",
     "siamese_rvl": "pdm_bench.defenses.siamese_rvl:SiameseRVL",
     "pdm": "pdm_bench.defenses.pdm:PDM",
+}
+BUILTIN_DETECTORS: dict[str, str] = {"kde": "pdm_bench.detectors:KDEDetector"}
+BUILTIN_THREAT_MODELS: dict[str, str] = {  # the report's order: Tables 2, 3, 4
+    "gray": "pdm_bench.threat_models.gray:GrayBox",
+    "white": "pdm_bench.threat_models.white:WhiteBox",
+    "black": "pdm_bench.threat_models.black:BlackBox",
 }
 
 
@@ -61,6 +72,11 @@ class Registry(Generic[T]):
             raise ValueError(f"{self.kind} '{name}' is already registered (by {self._entries[name].origin})")
         self._entries[name] = _Entry(name, target, origin, lambda: _import_target(target))
 
+    def add(self, name: str, value: object) -> None:
+        """Register an object that is already loaded (cheap data, e.g. an attack's parameters)."""
+        self.register(name, "", origin="built-in")
+        self._entries[name].value = value
+
     def load_entry_points(self, group: str) -> None:
         """Add every entry point of ``group``; one that shadows an existing name is rejected, not fatal."""
         for point in entry_points(group=group):
@@ -72,7 +88,8 @@ class Registry(Generic[T]):
             self._entries[point.name] = _Entry(point.name, point.value, origin, point.load)
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """Registered names: built-ins in their order, then plugins in theirs."""
+        return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -118,21 +135,42 @@ def _describe(point: EntryPoint) -> str:
     return f"plugin from {source} ({point.name} = {point.value})"
 
 
-def _check_defense(name: str, value: object) -> type:
-    from pdm_bench.defenses.base import Defense
+def _checker(base: str, group: str) -> Callable[[str, object], type]:
+    """Check that a plugin provides a subclass of ``base`` ("module:Class") whose ``name`` is its entry point's."""
 
-    if not (isinstance(value, type) and issubclass(value, Defense)):
-        raise TypeError(f"expected a subclass of pdm_bench.defenses.base.Defense, got {value!r}")
-    if getattr(value, "name", None) != name:
-        raise TypeError(f"expected the class attribute name = {name!r} (the entry point's name), got {getattr(value, 'name', None)!r}")
-    return value
+    def check(name: str, value: object) -> type:
+        expected = _import_target(base)
+        if not (isinstance(value, type) and issubclass(value, expected)):  # type: ignore[arg-type]
+            raise TypeError(f"expected a subclass of {base.replace(':', '.')}, got {value!r}")
+        if getattr(value, "name", None) != name:
+            raise TypeError(f"expected the class attribute name = {name!r} (the entry point's name in {group}), got "
+                            f"{getattr(value, 'name', None)!r}")
+        return value
+
+    return check
+
+
+def _registry(kind: str, base: str, builtins: dict[str, str], group: str, plugins: bool) -> Registry[type]:
+    registry: Registry[type] = Registry(kind, check=_checker(base, group))
+    for name, target in builtins.items():
+        registry.register(name, target)
+    if plugins:
+        registry.load_entry_points(group)
+    return registry
 
 
 def defense_registry(*, plugins: bool = True) -> Registry[type]:
     """A fresh registry of the built-in defenses plus, unless ``plugins=False``, the installed plugins."""
-    registry: Registry[type] = Registry("defense", check=_check_defense)
-    for name, target in BUILTIN_DEFENSES.items():
-        registry.register(name, target)
-    if plugins:
-        registry.load_entry_points(DEFENSE_ENTRY_POINT_GROUP)
-    return registry
+    return _registry("defense", "pdm_bench.defenses.base:Defense", BUILTIN_DEFENSES, DEFENSE_ENTRY_POINT_GROUP, plugins)
+
+
+def detector_registry(*, plugins: bool = True) -> Registry[type]:
+    """Detectors: ``kde`` plus installed plugins (subclasses of :class:`pdm_bench.detectors.Detector`)."""
+    return _registry("detector", "pdm_bench.detectors:Detector", BUILTIN_DETECTORS, DETECTOR_ENTRY_POINT_GROUP,
+                     plugins)
+
+
+def threat_model_registry(*, plugins: bool = True) -> Registry[type]:
+    """Threat models: gray, white, black plus installed plugins (subclasses of :class:`pdm_bench.threat.ThreatModel`)."""
+    return _registry("threat model", "pdm_bench.threat:ThreatModel", BUILTIN_THREAT_MODELS,
+                     THREAT_MODEL_ENTRY_POINT_GROUP, plugins)

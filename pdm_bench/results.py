@@ -1,25 +1,68 @@
-"""The results store: tidy rows appended atomically to ``RESULTS_DIR/results.csv``.
+"""The results schema and store: tidy rows in ``RESULTS_DIR/results.csv``, the one file a user reads.
 
-Every write rewrites the file through a temporary file and ``os.replace`` under a lock, so a killed run leaves
-the old or the new file, never half of one. A file that is not ours (other columns) or is malformed is refused,
-never overwritten.
+Schema: :class:`ResultRow` (one measured number and what it was measured on), the closed sets as enums
+(:class:`Threat`, :class:`Metric`, :class:`Attack`: built-in names; plugins add their own strings), and an explicit
+record that an attack of a run is finished (a ``finished`` row, written with its rows in one append).
+
+Store: rows are appended under a lock in one write (the file is never rewritten); a torn last line (a write cut
+by a full disk) is dropped before the next append. A file that is not ours or is malformed is refused, never
+overwritten. Files written before the ``detector`` column existed load (their detector is ``kde``).
 """
 
 from __future__ import annotations
 
 import csv
-import fcntl
 import io
 import os
 import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import astuple, dataclass, fields
+from enum import Enum
 from pathlib import Path
 
 from pdm_bench.errors import UserError
+from pdm_bench.storage import atomic_write_text, file_lock
 
 RESULTS_FILE = "results.csv"
+DEFAULT_DETECTOR = "kde"
+
+
+class Threat(str, Enum):
+    """Built-in values of the ``threat`` column (``model`` rows describe a trained model, not an attack)."""
+
+    MODEL = "model"
+    GRAY = "gray"
+    WHITE = "white"
+    BLACK = "black"
+
+
+class Attack(str, Enum):
+    """Built-in values of the ``attack`` column besides the gray box's attack names."""
+
+    CLEAN = "clean"
+    EMBEDDING = "embedding"
+    CW = "cw"
+    CW_WB = "cw-wb"
+
+
+class Metric(str, Enum):
+    """The metrics that readers look up (writers may add more, e.g. ``flow_S_T`` counts)."""
+
+    FINISHED = "finished"
+    TEST_ACCURACY = "test_accuracy"
+    ACCURACY = "accuracy"
+    BANDWIDTH = "bandwidth"
+    AUC = "auc"
+    AUC_LOW = "auc_low"
+    AUC_HIGH = "auc_high"
+    SUCCESS_RATE = "success_rate"
+    PAIRS_KEPT = "pairs_kept"
+    DISTORTION = "distortion"
+    CRITERION_MET = "criterion_met"
+    BUDGET_RUNG = "budget_rung"
+    PROXY_AGREEMENT = "proxy_agreement"
+    MARGIN_BOUND = "margin_bound"
+    FLOW_TOTAL = "flow_total"
 
 
 @dataclass(frozen=True)
@@ -37,9 +80,21 @@ class ResultRow:
     n: int
     run_id: str
     time: str
+    detector: str = DEFAULT_DETECTOR
 
 
 COLUMNS = tuple(f.name for f in fields(ResultRow))
+LEGACY_COLUMNS = COLUMNS[:-1]  # before the detector column
+
+
+def value_getter(rows: Iterable[ResultRow]) -> Callable[[str, str], float]:
+    """``get(attack, metric)``: a run's value (the last row wins), NaN when absent; for printed tables."""
+    values = {(r.attack, r.metric): r.value for r in rows}
+    return lambda attack, metric: values.get((attack, metric), float("nan"))
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
 
 
 class ResultsStore:
@@ -48,80 +103,118 @@ class ResultsStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / RESULTS_FILE
+        self._cache: tuple[tuple[int, int], list[ResultRow]] | None = None
 
     def rows(self) -> list[ResultRow]:
-        """All rows; a foreign or malformed file is a :class:`UserError`."""
-        if not self.path.exists():
-            return []
+        """All rows (re-read only when the file changed); a foreign or malformed file is a :class:`UserError`."""
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"Cannot read results file {self.path}: {error}") from None
-        return list(_parse(text, self.path))
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return []
+        except OSError as error:
+            raise UserError(f"Cannot read results file {self.path}: {error.strerror or error}") from None
+        if self._cache is not None and self._cache[0] == (stat.st_mtime_ns, stat.st_size):
+            return self._cache[1]
+        rows = list(_parse(self._read_text(), self.path)[1])
+        self._cache = ((stat.st_mtime_ns, stat.st_size), rows)
+        return rows
+
+    def run_rows(self, run_id: str) -> list[ResultRow]:
+        return [r for r in self.rows() if r.run_id == run_id]
 
     def has(self, run_id: str, attack: str, metric: str) -> bool:
-        """Whether ``metric`` of ``attack`` in run ``run_id`` is already stored (so a rerun skips it)."""
+        """Whether ``metric`` of ``attack`` in run ``run_id`` is stored."""
         return any(r.run_id == run_id and r.attack == attack and r.metric == metric for r in self.rows())
 
-    def append(self, rows: Iterable[ResultRow], *, unless_stored: tuple[str, str, str] | None = None) -> bool:
-        """Add rows atomically (old content + new rows, then rename over the file); return whether they were added.
+    def finished(self, run_id: str, label: str, *, legacy: tuple[str, str] | None = None) -> bool:
+        """Whether the part ``label`` (an attack, ``clean``, ...) of run ``run_id`` is recorded as finished. Files
+        written before the ``finished`` record existed marked it by its last row: ``legacy=(attack, metric)``."""
+        return any(r.run_id == run_id and ((r.attack, r.metric) == (label, Metric.FINISHED.value)
+                                           or (legacy is not None and (r.attack, r.metric) == legacy))
+                   for r in self.rows())
 
-        ``unless_stored=(run_id, attack, metric)``: add nothing if that row is already there (checked under the
-        lock, so two processes that finished the same attack record it once).
+    def append(self, rows: Iterable[ResultRow], *, completes: str | None = None,
+               legacy: tuple[str, str] | None = None) -> bool:
+        """Append ``rows`` in one write under the lock; return whether they were added.
+
+        ``completes=LABEL``: the rows finish that part of their run: a ``finished`` row for it follows them, and
+        nothing is added if it is already finished (checked under the lock, so two processes that ran the same
+        attack record it once). ``legacy`` as in :meth:`finished`.
         """
         new = list(rows)
         if not new:
             return False
+        if completes is not None:
+            first = new[0]
+            new.append(ResultRow(first.dataset, first.preset, first.seed, first.defense, first.threat, completes,
+                                 Metric.FINISHED.value, 1.0, 0, first.run_id, now(), first.detector))
         self.directory.mkdir(parents=True, exist_ok=True)
         with file_lock(self.directory / ".results.lock"):
-            existing = self.rows()
-            if unless_stored is not None and any((r.run_id, r.attack, r.metric) == unless_stored for r in existing):
+            if completes is not None and self.finished(new[0].run_id, completes, legacy=legacy):
                 return False
+            header = self._prepare(new)
+            buffer = io.StringIO()
+            writer = csv.writer(buffer, lineterminator="\n")
+            if header is None:
+                writer.writerow(COLUMNS)
+                header = COLUMNS
+            writer.writerows(astuple(r)[: len(header)] for r in new)
+            with open(self.path, "a", encoding="utf-8", newline="") as handle:
+                handle.write(buffer.getvalue())
+        return True
+
+    def _prepare(self, new: list[ResultRow]) -> tuple[str, ...] | None:
+        """The header of the file rows will be appended to (None: no file yet). Drops a torn last line; upgrades a
+        file without the detector column (once, atomically) when a row needs it."""
+        if not self.path.exists():
+            return None
+        text = self._read_text()
+        header, rows = _parse(text, self.path)
+        parsed = list(rows)  # refuse a malformed file before writing
+        if text and not text.endswith("\n"):
+            raw = self.path.read_bytes()
+            with open(self.path, "r+b") as handle:
+                if len(parsed) + 2 == len(text.splitlines()):
+                    handle.truncate(raw.rfind(b"\n") + 1)  # a torn last line
+                else:
+                    handle.seek(0, os.SEEK_END)
+                    handle.write(b"\n")  # a complete last row without its newline (edited by hand)
+        if header == LEGACY_COLUMNS and any(r.detector != DEFAULT_DETECTOR for r in new):
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(COLUMNS)
-            writer.writerows(astuple(r) for r in [*existing, *new])
-            tmp = self.path.with_name(f".{RESULTS_FILE}.{os.getpid()}.tmp")
-            tmp.write_text(buffer.getvalue(), encoding="utf-8")
-            os.replace(tmp, self.path)
-        return True
+            writer.writerows(astuple(r) for r in parsed)
+            atomic_write_text(self.path, buffer.getvalue())
+            return COLUMNS
+        return header or None
+
+    def _read_text(self) -> str:
+        try:
+            return self.path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UserError(f"Cannot read results file {self.path}: {error}") from None
 
 
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _parse(text: str, path: Path) -> Iterator[ResultRow]:
-    reader = csv.reader(io.StringIO(text))
-    header = next(reader, None)
-    if header is None:
-        return
-    if tuple(header) != COLUMNS:
+def _parse(text: str, path: Path) -> tuple[tuple[str, ...], Iterator[ResultRow]]:
+    lines = text.splitlines(keepends=True)
+    header = tuple(next(csv.reader(lines[:1]), ()))
+    if len(lines) > 1 and not lines[-1].endswith("\n") and len(next(csv.reader(lines[-1:]), ())) != len(header):
+        lines = lines[:-1]  # a torn last line: the write that made it did not finish
+    reader = csv.reader(lines[1:])
+    if header and header not in (COLUMNS, LEGACY_COLUMNS):
         raise UserError(f"{path} is not a pdm-bench results file (expected columns {','.join(COLUMNS)}, got "
                         f"{','.join(header)[:120]}); use another --results-dir")
-    for number, record in enumerate(reader, start=2):
-        try:
-            if len(record) != len(COLUMNS):
-                raise ValueError(f"expected {len(COLUMNS)} fields, got {len(record)}")
-            values = dict(zip(COLUMNS, record))
-            value = float(values["value"])
-            yield ResultRow(**{**values, "seed": int(values["seed"]), "value": value, "n": int(values["n"])})
-        except ValueError as error:
-            raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never overwritten") from None
 
+    def rows() -> Iterator[ResultRow]:
+        for number, record in enumerate(reader, start=2):
+            try:
+                if len(record) != len(header):
+                    raise ValueError(f"expected {len(header)} fields, got {len(record)}")
+                values = dict(zip(header, record))
+                yield ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
+                                   "n": int(values["n"])})
+            except ValueError as error:
+                raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never "
+                                "overwritten") from None
 
-@contextmanager
-def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
-    """An exclusive lock on ``lock_path`` (created if missing): yields False at once when another process holds it
-    and ``wait`` is off. The kernel drops a killed process's lock."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    return header, rows()

@@ -1,8 +1,9 @@
-"""The steps of a study (``pdm-bench paper``), run one after another in this process or as parallel subprocesses.
+"""The steps of a study (``pdm_bench.Study``, ``pdm-bench paper``), run one after another in this process or as
+parallel subprocesses.
 
-A step is a CLI command and its parameters. With ``jobs > 1`` each step becomes ``python -m pdm_bench <command>
-<options>`` (so it records its own command line), with ``cpu_count // jobs`` torch threads, its output in
-``RESULTS_DIR/logs/``. Steps in one phase must not depend on each other: ``paper`` trains every model in a first
+A step is a function to call in this process and the equivalent ``pdm-bench`` command line. With ``jobs > 1`` each
+step runs as ``python -m pdm_bench <argv>`` (so it records its own command line), with ``cpu_count // jobs`` torch
+threads, its output in ``RESULTS_DIR/logs/``. Steps in one phase must not depend on each other: ``paper`` trains every model in a first
 phase and attacks them in a second. The results file is written under a lock and every cache is keyed, so parallel
 steps only ever add to it.
 """
@@ -19,9 +20,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import click
 
 from pdm_bench.errors import UserError
 from pdm_bench.registry import defense_registry
@@ -29,44 +27,20 @@ from pdm_bench.registry import defense_registry
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 STEP_TIMES = "steps.csv"  # in the log folder: one line per step run, so a resumed study's cost adds up
 INTERRUPTED = 130  # the exit code of a step stopped by Ctrl-C (cli.EXIT_INTERRUPTED)
-# Usual cost of a threat's step on a quick study (docs/PERFORMANCE.md): black (distillation + C&W-wb rungs on the
-# proxy) > white (C&W-wb rungs) > gray. Parallel jobs start the costliest first, so they end close together.
-THREAT_COST_RANK = {"black": 0, "white": 1, "gray": 2}
 
 
 @dataclass(frozen=True)
 class Step:
-    """One command of a study and the parameters it is invoked with."""
+    """One step of a study: ``call()`` in this process, or ``pdm-bench ARGV`` as a subprocess."""
 
     title: str
-    command: click.Command
-    params: dict[str, Any] = field(default_factory=dict)
+    argv: tuple[str, ...]
+    call: Callable[[], object] = field(compare=False)
+    rank: int = 100  # parallel runs start the lowest first (the threat model's cost rank)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^a-z0-9]+", "-", self.title.lower()).strip("-")
-
-
-def command_argv(command: click.Command, params: dict[str, Any]) -> list[str]:
-    """The command line that makes ``command`` see ``params`` (values that are None are left to their default)."""
-    if command.name is None:
-        raise ValueError("expected a named click command, got one without a name")
-    argv = [command.name]
-    for param in command.params:
-        if not isinstance(param, click.Option) or param.name not in params or params[param.name] is None:
-            continue
-        value = params[param.name]
-        if param.is_flag:
-            if param.secondary_opts:
-                argv.append(param.opts[0] if value else param.secondary_opts[0])
-            elif value:
-                argv.append(param.opts[0])
-        elif param.multiple:
-            for item in value:
-                argv += [param.opts[0], str(item)]
-        else:
-            argv += [param.opts[0], str(value)]
-    return argv
 
 
 def study_log_dir(results_dir: Path) -> Path:
@@ -98,7 +72,7 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
 
     def run_step(step: Step) -> str | None:
         log = log_dir / f"{step.slug}.log"
-        argv = command_argv(step.command, step.params)
+        argv = list(step.argv)
         started = time.perf_counter()
         echo(f"  started:  {step.title} (log {log})")
         with open(log, "a", encoding="utf-8") as handle:
@@ -128,8 +102,9 @@ def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Calla
 
 
 def costliest_first(steps: Sequence[Step]) -> list[Step]:
-    """``steps`` reordered black, white, then gray box (stable otherwise): longest-job-first for parallel runs."""
-    return sorted(steps, key=lambda step: THREAT_COST_RANK.get(step.params.get("threat", ""), len(THREAT_COST_RANK)))
+    """``steps`` by their threat model's cost rank (black, white, then gray box; stable otherwise): longest-job-first
+    for parallel runs."""
+    return sorted(steps, key=lambda step: step.rank)
 
 
 def _last_line(path: Path) -> str:
@@ -157,20 +132,3 @@ def parse_seeds(text: str) -> list[int]:
     if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
         raise UserError(f"--seeds expects distinct non-negative integers, e.g. 0,1,2, got '{text}'")
     return seeds
-
-
-def study_steps(*, train: click.Command, run: click.Command, attacked: Sequence[str], trained_only: Sequence[str],
-                threats: Sequence[str], seeds: Sequence[int], shared: dict[str, Any], gray: dict[str, Any],
-                attack: dict[str, Any]) -> tuple[list[Step], list[Step]]:
-    """The trainings (every defense, per seed), then the attack runs (threat x attacked defense, per seed)."""
-
-    def title(text: str, seed: int) -> str:
-        return f"{text}, seed {seed}" if len(seeds) > 1 else text
-
-    trainings = [Step(title(f"train {defense}", seed), train, {"defense": defense, "seed": seed, **shared})
-                 for seed in seeds for defense in [*attacked, *trained_only]]
-    runs = [Step(title(f"{threat} box, {defense}", seed), run,
-                 {"threat": threat, "defense": defense, "seed": seed, **(gray if threat == "gray" else {}), **attack,
-                  **shared})
-            for seed in seeds for threat in threats for defense in attacked]
-    return trainings, runs

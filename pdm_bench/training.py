@@ -9,7 +9,6 @@ finished epoch) and ``model.pt`` when done. Every file is written atomically; al
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -17,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -25,7 +23,9 @@ from pdm_bench.config import TRAIN_FORMAT_VERSION, TrainPlan, config_key
 from pdm_bench.data import Dataset
 from pdm_bench.defenses.base import Defense, TrainContext, terms_total
 from pdm_bench.errors import UserError
+from pdm_bench.inference import evaluate_accuracy
 from pdm_bench.models import ResNet, build_model
+from pdm_bench.storage import atomic_save, write_json
 
 Log = Callable[[str], None]
 
@@ -87,8 +87,8 @@ def train_or_load(
         return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / "meta.json", {"config": config, "finished": None})
-    optimizer = _optimizer(model, plan)
+    write_json(run_dir / "meta.json", {"config": config, "finished": None})
+    optimizer = make_optimizer(model, plan)
     start_epoch, history = 0, []
     checkpoint_path = run_dir / "checkpoint.pt"
     if checkpoint_path.exists():
@@ -117,12 +117,12 @@ def train_or_load(
     atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
     finished = time.strftime("%Y-%m-%d %H:%M:%S")
     accuracy = history[-1]["test_accuracy"]
-    _write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
+    write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
     checkpoint_path.unlink(missing_ok=True)
     return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
 
 
-def _optimizer(model: ResNet, plan: TrainPlan) -> torch.optim.Optimizer:
+def make_optimizer(model: ResNet, plan: TrainPlan) -> torch.optim.Optimizer:
     if plan.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
@@ -164,7 +164,8 @@ def _train_epoch(
             x = _crop_and_flip(x, generator)
         total, terms = terms_total(defense.loss(model, x, y, context))
         if not torch.isfinite(total):
-            raise UserError(f"Training of '{defense.name}' diverged at epoch {epoch + 1} (loss {float(total)}); lower the learning rate or the loss weights")
+            raise UserError(f"Training of '{defense.name}' diverged at epoch {epoch + 1} (loss {float(total)}); "
+                            "lower the learning rate or the loss weights")
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
@@ -182,20 +183,6 @@ def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
     flips = (torch.rand(n, generator=generator) < 0.5).tolist()
     crops = [padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)]
     return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)])
-
-
-@torch.no_grad()
-def predict_logits(model: torch.nn.Module, x: torch.Tensor | np.ndarray, *, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
-    """The logits the model predicts with, on the CPU, in eval mode."""
-    model.eval()
-    x = torch.as_tensor(x)
-    return torch.cat([model(chunk.to(device)).cpu() for chunk in x.split(batch_size)])
-
-
-def evaluate_accuracy(model: torch.nn.Module, x: torch.Tensor | np.ndarray, y: torch.Tensor | np.ndarray, *, device: torch.device) -> float:
-    """Clean accuracy in [0, 1]."""
-    predictions = predict_logits(model, x, device=device).argmax(dim=1)
-    return float((predictions == torch.as_tensor(y)).float().mean())
 
 
 def _load_state(model: ResNet, path: Path, field: str, device: torch.device) -> dict[str, Any]:
@@ -216,15 +203,3 @@ def _read_meta(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, OSError):
         raise UserError(f"Corrupt model metadata {path}; remove {run_dir} to retrain") from None
-
-
-def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pdm_bench.records import read_tsne
-from pdm_bench.reports.tables import WB, RowIndex, block_name
+from pdm_bench.tables import WB, RowIndex, block_name
 
 RESILIENCY_EPS = tuple(round(0.01 * k, 2) for k in range(1, 11))
 _FLOW = re.compile(r"^flow_(\d+)_(\d+)$")

@@ -7,7 +7,7 @@ import io
 import math
 import re
 
-from pdm_bench.reports.tables import COUNT_NOTES, NOT_RUN, Cell, Table
+from pdm_bench.tables import COUNT_NOTES, NOT_RUN, Cell, Table
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}

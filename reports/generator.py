@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from pdm_bench.errors import UserError
-from pdm_bench.records import atomic_write_text, git_commit, read_runs, versions
+from pdm_bench.records import git_commit, read_runs, versions
+from pdm_bench.registry import threat_model_registry
 from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, flow_figure, resiliency_figure, tsne_figure
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
                                             paper_dataset)
-from pdm_bench.reports.tables import COUNT_NOTES, RowIndex, Table, all_tables, block_name
+from pdm_bench.reports.tables import all_tables
 from pdm_bench.results import ResultsStore
+from pdm_bench.storage import atomic_write_text
+from pdm_bench.tables import COUNT_NOTES, RowIndex, Table, block_name
 
 DATASET_NOTES = {
     "digits": "scikit-learn's 8x8 digits (embedded), fixed stratified split",
@@ -48,7 +51,7 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
         raise UserError(f"No results in {Path(results_dir) / 'results.csv'}: run `pdm-bench run` or `pdm-bench paper` "
                         "with --results-dir first")
     index = RowIndex(rows)
-    tables = all_tables(index)
+    tables = all_tables(index, report_threat_models(rows))
     sections = []
     for dataset, preset in index.blocks:
         bound, terms = bound_figure(index, dataset, preset)
@@ -65,6 +68,19 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
                        cost=study_cost(Path(results_dir)))
     written.append(atomic_write_text(out / "report.html", html))
     return written
+
+
+def report_threat_models(rows: list[Any]) -> list[Any]:
+    """The threat models whose tables the report has: the registry's, in its order (a plugin's only if it has rows;
+    a broken plugin's rows are left out of the tables, and said so on stderr by the registry's BROKEN status)."""
+    registry = threat_model_registry()
+    measured = {r.threat for r in rows}
+    chosen = []
+    for status in registry.statuses():
+        builtin = status.origin == "built-in"
+        if status.error is None and (builtin or status.name in measured):
+            chosen.append(status.value())  # type: ignore[misc, operator]
+    return chosen
 
 
 def paper_value(table: Table, row: str, column: tuple[str, str], index: RowIndex) -> float | None:

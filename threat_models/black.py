@@ -21,23 +21,27 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from pdm_bench.art_adapter import build_copycat
 from pdm_bench.config import TrainPlan, config_key, make_plan
 from pdm_bench.data import Dataset
+from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
-from pdm_bench.kde import GaussianKDE
+from pdm_bench.evaluation import Evaluation
+from pdm_bench.inference import embed_and_predict, predict_logits
 from pdm_bench.models import ModelSpec, ResNet, build_model
-from pdm_bench.results import ResultRow
-from pdm_bench.threat_models.common import Evaluation, ThreatModel, embed_and_predict, kernel_indices
-from pdm_bench.threat_models.gray import attack_targets
+from pdm_bench.results import ResultRow, value_getter
+from pdm_bench.storage import atomic_save, read_json, write_json
+from pdm_bench.tables import RowIndex, Table, per_dataset_table
+from pdm_bench.threat import ThreatModel
+from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
-                                           budget_rows, check_schedule, judge_images, mean_or_nan,
-                                           require_embedding, scored_rows, search_budget, start_run)
-from pdm_bench.training import atomic_save, _optimizer, _write_json, predict_logits
+                                           WhiteBox, WhiteParams, attacked_kde, budget_rows, check_schedule, judge_images,
+                                           mean_or_nan, require_embedding, scored_rows, search_budget, start_run)
+from pdm_bench.training import make_optimizer
 
 PROXY_FORMAT_VERSION = 1
 PROXY_DEPTH: dict[str, int] = {"quick": 8, "paper": 32}  # Pang et al. and the paper: a ResNet-32 proxy
@@ -87,7 +91,7 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(plan.seed)
         model = build_model(plan.model).to(ev.device)
-    meta = _read_json(run_dir / "meta.json")
+    meta = read_json(run_dir / "meta.json")
     started = time.perf_counter()
     from_cache = bool(meta and meta.get("config") == config and meta.get("finished") and (run_dir / "model.pt").exists())
     if from_cache:
@@ -104,9 +108,9 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
                f"training inputs ({plan.epochs} epochs"
                f"{'; resuming after its last finished epoch' if checkpoint.exists() else ''}) ...")
         run_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(run_dir / "meta.json", {"config": config, "finished": None})
+        write_json(run_dir / "meta.json", {"config": config, "finished": None})
         copycat, thieved = build_copycat(
-            target.model, model, optimizer=_optimizer(model, plan), input_shape=data.input_shape,
+            target.model, model, optimizer=make_optimizer(model, plan), input_shape=data.input_shape,
             nb_classes=data.num_classes, device=ev.device, epochs=plan.epochs, batch_size=plan.batch_size,
             milestones=plan.milestones, gamma=plan.gamma, seed=plan.seed, nb_stolen=len(data.x_train), verbose=progress)
         copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=checkpoint)
@@ -117,26 +121,16 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
     target_pred = predict_logits(target.model, data.x_test, device=ev.device).argmax(1).numpy()
     agreement, accuracy = float((proxy_pred == target_pred).mean()), float((proxy_pred == data.y_test).mean())
     if not from_cache:
-        _write_json(run_dir / "meta.json", {"config": config, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        write_json(run_dir / "meta.json", {"config": config, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                                             "agreement": agreement, "test_accuracy": accuracy,
                                             "seconds": round(seconds, 2)})
     ev.log(f"proxy: agreement with the target {100 * agreement:.2f}%, test accuracy {100 * accuracy:.2f}% (test set)")
     return Proxy(model, plan, key, run_dir, agreement, accuracy, from_cache, seconds)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
-def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int) -> GaussianKDE:
+def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int) -> KDEDetector:
     """The attacker's own detector copy: Feinman's KDE on the proxy's embeddings of training inputs (true labels)."""
-    index = kernel_indices(data.y_train, data.num_classes, points_per_class, seed)
-    embeddings, _ = embed_and_predict(proxy.model, data.x_train[index], device=device)
-    return GaussianKDE.fit(embeddings, torch.from_numpy(data.y_train[index]), num_classes=data.num_classes,
-                           points_per_class=points_per_class, seed=seed)
+    return fit_detector(KDEDetector(points_per_class=points_per_class), proxy.model, data, device=device, seed=seed)  # type: ignore[return-value]
 
 
 def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int | None = None,
@@ -164,23 +158,24 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     settings = {"proxy": plan.as_dict(), "kde_points": kde_points, "attacker_kde_points": attacker_kde_points,
                 "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
                 "stage1_search_steps": stage1_search_steps}
-    images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, ThreatModel.BLACK, settings, budgets)
-    if ev.results.has(ev.run_id, WB, "auc"):
+    images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "black", settings, budgets)
+    if ev.results.finished(ev.run_id, WB, legacy=(WB, "auc")):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
-        return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+        return ev.results.run_rows(ev.run_id)
+    attacked_kde(ev, "black")  # the target's detector must be one C&W-wb supports
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
     own_kde = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
-    attack = WhiteAttack(model=proxy.model, kde=own_kde, kde_points=kde_points, seed=ev.seed, threshold=threshold,
+    attack = WhiteAttack(model=proxy.model, kde=own_kde.fitted(), kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
                          batch_size=batch_size)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
-    proxy_clean = (proxy_pred.numpy(), own_kde.log_density(embeddings, proxy_pred).numpy())
+    proxy_clean = (proxy_pred.numpy(), own_kde.score(embeddings, proxy_pred).numpy())
     targets = attack_targets(y, data.num_classes, ev.seed)
-    ev.log(f"{WB}: attacking the proxy on {len(y)} images (own KDE bandwidth {own_kde.bandwidth:.4g}) ...")
+    ev.log(f"{WB}: attacking the proxy on {len(y)} images (own KDE bandwidth {own_kde.fitted().bandwidth:.4g}) ...")
     search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets, judge=(proxy.model, own_kde),
                            clean=proxy_clean, name=f"proxy-{WB}", cache={"proxy": proxy.key})
     final = search.final
-    on_target = {name: judge_images(ev, (ev.trained.model, ev.kde), x, y, s.x_adv, clean_pred, clean_score, s.seconds)
+    on_target = {name: judge_images(ev, (ev.trained.model, ev.detector), x, y, s.x_adv, clean_pred, clean_score, s.seconds)
                  for name, s in ((CW, search.plain), (WB, final.wb))}
     n = len(on_target[WB].keep)
     main = scored_rows(ev, WB, on_target[WB], y, clean_pred)
@@ -192,22 +187,17 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
              ev.row(WB, "proxy_success_rate", final.wb.success, int((proxy_clean[0] == y).sum())),
              ev.row(WB, "proxy_distortion", mean_or_nan(final.wb.distortion), len(final.wb.keep)),
              ev.row(WB, "proxy_seconds", proxy.seconds, len(data.x_train)),
-             ev.row(WB, "attacker_bandwidth", own_kde.bandwidth, len(y)),
+             ev.row(WB, "attacker_bandwidth", own_kde.fitted().bandwidth, len(y)),
              ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
-    # The auc row goes last: it marks the run finished (see the skip above).
     ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
                        *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]],
-                      unless_stored=(ev.run_id, WB, "auc"))
-    return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+                      completes=WB, legacy=(WB, "auc"))
+    return ev.results.run_rows(ev.run_id)
 
 
 def black_table(rows: list[ResultRow]) -> str:
     """The table printed after a run: transfer to the target next to the proxy's fidelity."""
-    values = {(r.attack, r.metric): r.value for r in rows}
-
-    def get(attack: str, metric: str) -> float:
-        return values.get((attack, metric), float("nan"))
-
+    get = value_getter(rows)
     lines = [f"{'attack':<10} {'transfer':>8} {'to t':>6} {'pairs':>6} {'AUC':>6} {'95% CI':>15} {'d':>7} {'log KDE':>9}"]
     for name in (CW, WB):
         ci = f"[{get(name, 'auc_low'):.3f}, {get(name, 'auc_high'):.3f}]"
@@ -220,3 +210,50 @@ def black_table(rows: list[ResultRow]) -> str:
                  f"own-KDE AUC {get(WB, 'proxy_auc'):.3f} (budget rung {get(WB, 'budget_rung'):.0f}, criterion "
                  f"{'met' if get(WB, 'criterion_met') == 1 else 'NOT met'})")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlackParams(WhiteParams):
+    """C&W-wb's budget (as the white box), and the proxy: ResNet depth 6n+2 (None: quick 8, paper 32) and epochs
+    (None: the target's)."""
+
+    proxy_depth: int | None = None
+    proxy_epochs: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for flag, value in (("--proxy-depth", self.proxy_depth), ("--proxy-epochs", self.proxy_epochs)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{flag} must be a positive integer, got {value}")
+        if self.proxy_depth is not None and (self.proxy_depth < 8 or (self.proxy_depth - 2) % 6):
+            raise ValueError(f"--proxy-depth must be of the form 6n+2 (8, 14, 20, 32, ...), got {self.proxy_depth}")
+
+
+class BlackBox(ThreatModel):
+    """Black box: C&W-wb on a proxy distilled from the model's probabilities, transferred to the model."""
+
+    name = "black"
+    description = "the attacker queries the model's probabilities: a distilled proxy, C&W-wb on it, transferred"
+    params_type = BlackParams
+    cost_rank = 0
+    flags: ClassVar[dict[str, str]] = {**WhiteBox.flags, "--proxy-depth": "proxy_depth", "--proxy-epochs": "proxy_epochs"}
+    params: BlackParams
+
+    def settings(self) -> dict[str, Any]:
+        return {}  # the proxy, C&W-wb's settings and schedule enter the run id inside run_black
+
+    def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
+        p = self.params
+        return run_black(evaluation, proxy_depth=p.proxy_depth, proxy_epochs=p.proxy_epochs, schedule=p.schedule(),
+                         kde_points=p.kde_points, threshold=p.threshold, progress=evaluation.progress)  # type: ignore[arg-type]
+
+    def summary(self, rows: list[ResultRow]) -> str:
+        return black_table(rows)
+
+    def report_tables(self, index: RowIndex) -> list[Table]:
+        return [per_dataset_table(
+            index, key="table4_blackbox_auc", title="Table 4: detection AUC under the black-box threat model",
+            threat=self.name, metric="auc", interval=True, flag="criterion not met on the proxy",
+            notes=(("transfer success", WB, "success_rate"), ("pairs", WB, "pairs_kept"),
+                   ("proxy agreement", WB, "proxy_agreement"), ("criterion met", WB, "criterion_met"),
+                   ("budget rung", WB, "budget_rung")))]

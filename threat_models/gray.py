@@ -1,61 +1,82 @@
 """Gray-box threat model (Section 4.2): the attacker knows the model, not the detector.
 
-Each attack runs through ART against the defended classifier on N test images; the KDE scores every clean and
+Each attack runs through ART against the defended classifier on N test images; the detector scores every clean and
 adversarial input under its predicted class; the AUC uses Pang's pairs (clean correct, adversarial wrong).
 Resiliency (Figure 3): accuracy under FGSM and BIM over an eps grid.
 """
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
-from pdm_bench.art_adapter import AttackBackend, AttackSpec, build_attack, to_art_classifier
-from pdm_bench.errors import UserError, unknown_name_error
+from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.evaluation import Evaluation
 from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import ResultRow
-from pdm_bench.threat_models.common import Evaluation, score
+from pdm_bench.results import ResultRow, Threat
+from pdm_bench.tables import RowIndex, Table, attack_table
+from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, AttackBackend, AttackSpec, attack_targets, build_attack,
+                                                  parse_attack)
 
-GRAY_ATTACKS: dict[str, AttackSpec] = {
-    spec.name: spec
-    for spec in (
-        AttackSpec(name="fgsm-0.05", family="fgsm", params={"eps": 0.05}),
-        AttackSpec(name="fgsm-0.1", family="fgsm", params={"eps": 0.1}),
-        AttackSpec(name="bim-0.05", family="bim", params={"eps": 0.05, "max_iter": 10}),
-        AttackSpec(name="bim-0.1", family="bim", params={"eps": 0.1, "max_iter": 10}),
-        AttackSpec(name="cw", family="cw",
-                   params={"confidence": 0.0, "binary_search_steps": 9, "max_iter": 10, "solver": "line-search"}),
-        AttackSpec(name="cw-hc", family="cw",
-                   params={"confidence": 10.0, "binary_search_steps": 9, "max_iter": 1000, "solver": "adam"}),
-        AttackSpec(name="jsma", family="jsma", params={"theta": 1.0, "gamma": 0.1}),
-    )
-}
 RESILIENCY_EPS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 11))
-_EPS_ATTACK = re.compile(r"^(fgsm|bim)-(.+)$")
+GRAY_ORDER = tuple(GRAY_ATTACKS)
 
 
-def parse_attack(name: str) -> AttackSpec:
-    """A gray-box attack by name: one of ``GRAY_ATTACKS`` or ``fgsm-EPS`` / ``bim-EPS`` with EPS in (0, 1]."""
-    if name in GRAY_ATTACKS:
-        return GRAY_ATTACKS[name]
-    match = _EPS_ATTACK.match(name)
-    if match:
-        try:
-            eps = float(match.group(2))
-        except ValueError:
-            eps = float("nan")
-        if not 0.0 < eps <= 1.0:
-            raise UserError(f"Attack '{name}': eps must be in (0, 1] (pixels are in [0, 1]), got {match.group(2)}")
-        params = {"eps": eps, "max_iter": 10} if match.group(1) == "bim" else {"eps": eps}
-        return AttackSpec(name=f"{match.group(1)}-{eps:g}", family=match.group(1), params=params)
-    raise unknown_name_error("attack", name, [*GRAY_ATTACKS, "fgsm-EPS", "bim-EPS"])
+@dataclass(frozen=True, kw_only=True)
+class GrayParams(ThreatParams):
+    """``attacks``: comma-separated names ('' or None: all seven); ``backend``: our torch ports of C&W/JSMA or ART's."""
+
+    attacks: str | None = None
+    backend: str = AttackBackend.TORCH.value
+    targeted: bool = False
+    resiliency: bool = True
+    batch_size: int = 512
+
+    def __post_init__(self) -> None:
+        names = self.attack_names()  # unknown attacks fail here, before any work
+        if not names:
+            raise ValueError(f"--attacks names no attack, got '{self.attacks}'")
+        if len(set(names)) != len(names):
+            raise ValueError(f"--attacks names an attack twice, got '{self.attacks}'")
+        if self.backend not in {b.value for b in AttackBackend}:
+            raise ValueError(f"backend must be torch or art, got '{self.backend}'")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+
+    def attack_names(self) -> list[str]:
+        if self.attacks is None:
+            return list(GRAY_ATTACKS)
+        return [parse_attack(a.strip()).name for a in self.attacks.split(",") if a.strip()]
 
 
-def attack_targets(labels: np.ndarray, num_classes: int, seed: int) -> np.ndarray:
-    """A seeded random target class != the true one for each image (Pang's random-target mode, and JSMA's)."""
-    offsets = np.random.default_rng(seed).integers(1, num_classes, size=len(labels))
-    return (labels + offsets) % num_classes
+class GrayBox(ThreatModel):
+    """Gray box: every attack of ``--attacks`` against the model; the detector is not attacked."""
+
+    name = Threat.GRAY.value
+    description = "the attacker knows the model, not the detector (FGSM, BIM, C&W, C&W-hc, JSMA)"
+    params_type = GrayParams
+    cost_rank = 2
+    flags: ClassVar[dict[str, str]] = {"--attacks": "attacks", "--attack-backend": "backend", "--targeted": "targeted",
+                                       "--resiliency": "resiliency"}
+    params: GrayParams
+
+    def settings(self) -> dict[str, object]:
+        return {"targeted": self.params.targeted, "backend": self.params.backend}  # the run id as before
+
+    def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
+        return run_gray(evaluation, self.params.attack_names(), backend=AttackBackend(self.params.backend),
+                        targeted=self.params.targeted, resiliency=self.params.resiliency,
+                        batch_size=self.params.batch_size)
+
+    def summary(self, rows: list[ResultRow]) -> str:
+        return gray_table(rows, self.params.attack_names())
+
+    def report_tables(self, index: RowIndex) -> list[Table]:
+        return [attack_table(index, key="table2_graybox_auc", title="Table 2: detection AUC under the gray-box threat "
+                             "model", threat=self.name, order=GRAY_ORDER)]
 
 
 def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend, targeted: bool,
@@ -65,11 +86,8 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
     data, model = ev.dataset, ev.trained.model
     x, y = data.x_test[ev.indices], data.y_test[ev.indices]
     classifier = to_art_classifier(model, input_shape=data.input_shape, nb_classes=data.num_classes, device=ev.device)
-    clean_pred, clean_score = score(ev.trained, ev.kde, x, device=ev.device)
+    clean_pred, clean_score = ev.record_clean(model, x, y)
     targets = attack_targets(y, data.num_classes, ev.seed)
-    ev.results.append([ev.row("clean", "accuracy", float((clean_pred == y).mean()), len(y)),
-                       ev.row("clean", "bandwidth", ev.kde.bandwidth, len(y))],
-                      unless_stored=(ev.run_id, "clean", "accuracy"))
 
     def adversarials(spec: AttackSpec) -> tuple[np.ndarray, float]:
         is_targeted = targeted or spec.family == "jsma"
@@ -81,12 +99,12 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         return ev.cached_adversarials(spec.name, params, lambda part: attack.generate(x[part], y=one_hot[part]))
 
     for spec in specs:
-        if ev.results.has(ev.run_id, spec.name, "auc"):
+        if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, "auc")):
             ev.log(f"{spec.name}: already in {ev.results.path}, skipped")
             continue
         ev.log(f"{spec.name}: attacking {len(y)} images ...")
         x_adv, seconds = adversarials(spec)
-        adv_pred, adv_score = score(ev.trained, ev.kde, x_adv, device=ev.device)
+        adv_pred, adv_score = ev.score(model, x_adv)
         keep = kept_pairs(y, clean_pred, adv_pred)
         auc = detection_auc(clean_score[keep], adv_score[keep], seed=ev.seed)
         sizes = distortions(x[keep], x_adv[keep])
@@ -100,21 +118,22 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             *(ev.row(spec.name, f"{k}_mean", float(v.mean()) if n else float("nan"), n) for k, v in sizes.items()),
             ev.row(spec.name, "attack_seconds", seconds, len(y)),
             *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
-        ], unless_stored=(ev.run_id, spec.name, "auc"))  # another process may have run the same attack
+        ], completes=spec.name, legacy=(spec.name, "auc"))  # another process may have run the same attack
     if resiliency:
         for family in ("fgsm", "bim"):
             for eps in RESILIENCY_EPS:
                 spec = parse_attack(f"{family}-{eps:g}")
-                if ev.results.has(ev.run_id, spec.name, "accuracy"):
+                if ev.results.has(ev.run_id, spec.name, "accuracy"):  # measured here or as one of the attacks
                     continue
                 ev.log(f"resiliency: {spec.name}")
                 x_adv, _ = adversarials(spec)
-                adv_pred, _ = score(ev.trained, ev.kde, x_adv, device=ev.device)
+                adv_pred, _ = ev.score(model, x_adv)
                 rows = [ev.row(spec.name, "accuracy", float((adv_pred == y).mean()), len(y)),
                         ev.row(spec.name, "success_rate", success_rate(y, clean_pred, adv_pred),
                                int((clean_pred == y).sum()))]
-                ev.results.append(rows, unless_stored=(ev.run_id, spec.name, "accuracy"))
-    return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+                ev.results.append(rows, completes=f"resiliency:{spec.name}",
+                                   legacy=(spec.name, "accuracy"))
+    return ev.results.run_rows(ev.run_id)
 
 
 def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarray) -> list[ResultRow]:

@@ -13,22 +13,26 @@ or the attack is not adaptive in fact.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from pdm_bench.art_adapter import build_cw_attack, to_art_classifier
+from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.detectors import Detector, KDEDetector
 from pdm_bench.errors import UserError
+from pdm_bench.evaluation import Evaluation
+from pdm_bench.inference import embed_and_predict
 from pdm_bench.kde import GaussianKDE
 from pdm_bench.metrics import Interval, detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import ResultRow
+from pdm_bench.results import ResultRow, value_getter
+from pdm_bench.storage import save_array
+from pdm_bench.tables import RowIndex, Table, per_dataset_table
+from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat_models.attack_specs import attack_targets, build_cw_attack
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold, class_log_thresholds
-from pdm_bench.threat_models.common import Evaluation, ThreatModel, embed_and_predict, score
-from pdm_bench.threat_models.gray import attack_targets
 
 WB, CW = "cw-wb", "cw"
 
@@ -41,7 +45,8 @@ class WhiteBudget:
     Stage 2 (C&W-wb) runs with all of it; stage 1 (plain C&W) with the same steps, constant and step size and
     ``stage1_search_steps`` search steps. ``kde_points`` (None: the run's ``kde_points``, Pang's 100 by default) is
     the kernel subset per class of the attacker's KDE; ``tau_quantile`` the quantile of class t's training-point
-    densities that tau_t is (0.5: Pang's median; ignored with the ``clean`` threshold). The step size is cleverhans's 5e-3 by default; on images with many
+    densities that tau_t is (0.5: Pang's median; ignored with the ``clean`` threshold). The step size is cleverhans's
+    5e-3 by default; on images with many
     saturated pixels (digits: 57% are 0 or 1) Adam in tanh space needs ~1000 such steps to move them, and 5e-2 does
     in 300 what 5e-3 does in 1000 (measured on digits: 100% vs 95% of targets hit, d 0.200 vs 0.205).
     """
@@ -168,7 +173,7 @@ class BudgetSearch:
 
 
 def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[WhiteBudget], x: np.ndarray, y: np.ndarray,
-                  targets: np.ndarray, judge: tuple[torch.nn.Module, GaussianKDE], clean: tuple[np.ndarray, np.ndarray],
+                  targets: np.ndarray, judge: tuple[torch.nn.Module, Detector], clean: tuple[np.ndarray, np.ndarray],
                   name: str = WB, cache: dict[str, Any] | None = None) -> BudgetSearch:
     """Run the two stages at each budget of ``schedule`` until ``judge`` (model, KDE) finds every attack successful
     and AUC <= 0.5, then plain C&W at that budget: stage 2 without the density term (same targets, same start, same
@@ -234,12 +239,12 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
     return BudgetSearch(rungs, plain_scored)
 
 
-def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, GaussianKDE], x: np.ndarray, y: np.ndarray,
+def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, Detector], x: np.ndarray, y: np.ndarray,
                  x_adv: np.ndarray, clean_pred: np.ndarray, clean_score: np.ndarray, seconds: float) -> Scored:
-    """Score ``x_adv`` with the judge's KDE under the judge's predictions; Pang's pairs, AUC, success, distortion."""
-    model, kde = judge
+    """Score ``x_adv`` with the judge's detector under the judge's predictions; Pang's pairs, AUC, success, distortion."""
+    model, detector = judge
     embeddings, pred_t = embed_and_predict(model, x_adv, device=ev.device)
-    pred, adv_score = pred_t.numpy(), kde.log_density(embeddings, pred_t).numpy()
+    pred, adv_score = pred_t.numpy(), detector.score(embeddings, pred_t).numpy()
     keep = kept_pairs(y, clean_pred, pred)
     auc = detection_auc(clean_score[keep], adv_score[keep], seed=ev.seed)
     per_image = distortions(x[keep], x_adv[keep])["l2"] / math.sqrt(int(np.prod(x.shape[1:])))
@@ -283,26 +288,28 @@ def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:
     """Per-image d for the N sampled images (NaN where the pair is not kept), as .npy under RESULTS_DIR/distortions/."""
     per_image = np.full(len(ev.indices), np.nan)
     per_image[s.keep] = s.distortion
-    path = ev.results.directory / "distortions" / f"{ev.dataset.name.replace('/', '_')[-40:]}-{name}-{ev.run_id}.npy"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npy")
-    np.save(tmp, per_image)
-    os.replace(tmp, path)
+    save_array(ev.results.directory / "distortions" / f"{ev.dataset.name.replace('/', '_')[-40:]}-{name}-{ev.run_id}.npy",
+               per_image)
     return per_image
 
 
-def start_run(ev: Evaluation, threat: ThreatModel, settings: dict[str, Any], budgets: Sequence[WhiteBudget]
+def start_run(ev: Evaluation, threat: str, settings: dict[str, Any], budgets: Sequence[WhiteBudget]
               ) -> tuple[Evaluation, Evaluation, tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The evaluation images are cached under (the attack's ``settings``) and the one rows go under (those and the
     schedule: a longer schedule is a new run that reuses the images of the budgets it shares with the old), the N
     sampled inputs, and the target's clean predictions and scores on them (clean rows written once)."""
-    images_ev = replace(ev, threat=threat, settings={**ev.settings, threat.value: settings})
+    images_ev = replace(ev, threat=threat, settings={**ev.settings, threat: settings})
     ev = replace(images_ev, settings={**images_ev.settings, "schedule": [asdict(b) for b in budgets]})
     x, y = ev.dataset.x_test[ev.indices], ev.dataset.y_test[ev.indices]
-    clean_pred, clean_score = score(ev.trained, ev.kde, x, device=ev.device)
-    ev.results.append([ev.row("clean", "accuracy", float((clean_pred == y).mean()), len(y)),
-                       ev.row("clean", "bandwidth", ev.kde.bandwidth, len(y))], unless_stored=(ev.run_id, "clean", "accuracy"))
-    return images_ev, ev, (x, y), (clean_pred, clean_score)
+    return images_ev, ev, (x, y), ev.record_clean(ev.trained.model, x, y)
+
+
+def attacked_kde(ev: Evaluation, threat: str) -> GaussianKDE:
+    """The fitted KDE that C&W-wb copies (a kernel subset and its thresholds)."""
+    if not isinstance(ev.detector, KDEDetector):
+        raise UserError(f"The {threat} box's C&W-wb copies the KDE detector's kernel points; detector "
+                        f"'{ev.detector.name}' is not supported by it yet (use --detector kde)")
+    return ev.detector.fitted()
 
 
 def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE, kde_points: int = 100,
@@ -322,18 +329,18 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         raise UserError(f"C&W-wb: expected a positive integer kde_points, got {kde_points!r}")
     settings = {"kde_points": kde_points, "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
                 "stage1_search_steps": stage1_search_steps}
-    images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, ThreatModel.WHITE, settings, budgets)
+    images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "white", settings, budgets)
     data = ev.dataset
-    if ev.results.has(ev.run_id, WB, "distortion"):
+    if ev.results.finished(ev.run_id, WB, legacy=(WB, "distortion")):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
-        return [r for r in ev.results.rows() if r.run_id == ev.run_id]
-    attack = WhiteAttack(model=ev.trained.model, kde=ev.kde, kde_points=kde_points, seed=ev.seed, threshold=threshold,
+        return ev.results.run_rows(ev.run_id)
+    attack = WhiteAttack(model=ev.trained.model, kde=attacked_kde(ev, "white"), kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
                          batch_size=batch_size)
     targets = attack_targets(y, data.num_classes, ev.seed)
     ev.log(f"{WB}: attacking {len(y)} images (KDE subset {kde_points}/class, threshold {threshold}) ...")
     search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets,
-                           judge=(ev.trained.model, ev.kde), clean=(clean_pred, clean_score))
+                           judge=(ev.trained.model, ev.detector), clean=(clean_pred, clean_score))
     final = search.final
     if not final.met:
         ev.log(f"{WB}: the largest budget left success {final.wb.success:.3f} and AUC {final.wb.auc.value:.3f} "
@@ -347,23 +354,18 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         ev.row(f"{WB}@{r.index + 1}", "stage1_success_rate", r.stage1.success, correct),
         ev.row(f"{WB}@{r.index + 1}", "attack_seconds", seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
     main = scored_rows(ev, WB, final.wb, y, clean_pred)
-    # The distortion row goes last: it marks the run finished (see the skip above).
     ev.results.append([*scored_rows(ev, CW, search.plain, y, clean_pred), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),
                        ev.row(WB, "target_hit_rate", float((final.wb.pred == targets).mean()), len(y)),
                        ev.row(WB, "stage1_success_rate", final.stage1.success, correct),
                        ev.row(WB, "stage1_seconds", final.stage1.seconds, len(y)),
                        *[r for r in main if r.metric != "distortion"], *[r for r in main if r.metric == "distortion"]],
-                      unless_stored=(ev.run_id, WB, "distortion"))
-    return [r for r in ev.results.rows() if r.run_id == ev.run_id]
+                      completes=WB, legacy=(WB, "distortion"))
+    return ev.results.run_rows(ev.run_id)
 
 
 def white_table(rows: list[ResultRow]) -> str:
     """The table printed after a run: each budget tried, then C&W-wb against plain C&W (the adaptivity check)."""
-    values = {(r.attack, r.metric): r.value for r in rows}
-
-    def get(attack: str, metric: str) -> float:
-        return values.get((attack, metric), float("nan"))
-
+    get = value_getter(rows)
     lines = [f"{'attack':<10} {'success':>8} {'pairs':>6} {'AUC':>6} {'95% CI':>15} {'d':>7} {'d med':>7} "
              f"{'log KDE':>9} {'sec':>7}"]
     tried = sorted({r.attack for r in rows if r.attack.startswith(f"{WB}@")}, key=lambda a: int(a.rpartition("@")[2]))
@@ -385,3 +387,68 @@ def white_table(rows: list[ResultRow]) -> str:
     lines.append(f"adaptivity check: plain C&W AUC {get(CW, 'auc'):.3f} vs C&W-wb {get(WB, 'auc'):.3f} "
                  f"({'passed' if adaptive else 'FAILED: plain C&W is not detected, or C&W-wb is'})")
     return "\n".join(lines)
+
+
+@dataclass(frozen=True, kw_only=True)
+class WhiteParams(ThreatParams):
+    """C&W-wb's budget: unset, the schedule of ``DEFAULT_SCHEDULE``; any of the first four set, one fixed budget
+    (the others from the schedule's first rung). ``kde_points``: the attacker's kernel points per class."""
+
+    max_iter: int | None = None
+    binary_search_steps: int | None = None
+    initial_const: float | None = None
+    learning_rate: float | None = None
+    kde_points: int = 100
+    threshold: str = "median"
+
+    def __post_init__(self) -> None:
+        for name in ("max_iter", "binary_search_steps", "kde_points"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+                raise ValueError(f"{FLAG_OF.get(name, name)} must be a positive integer, got {value}")
+        for name in ("initial_const", "learning_rate"):
+            value = getattr(self, name)
+            if value is not None and not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"{FLAG_OF[name]} must be a positive number, got {value}")
+        if self.threshold not in THRESHOLDS:
+            raise ValueError(f"--wb-threshold must be median or clean, got '{self.threshold}'")
+
+    def schedule(self) -> tuple[WhiteBudget, ...]:
+        given = {name: getattr(self, name) for name in ("max_iter", "binary_search_steps", "initial_const",
+                                                         "learning_rate") if getattr(self, name) is not None}
+        return (replace(DEFAULT_SCHEDULE[0], **given),) if given else DEFAULT_SCHEDULE
+
+
+WHITE_FLAGS = {"--cw-iterations": "max_iter", "--cw-search-steps": "binary_search_steps",
+               "--cw-initial-const": "initial_const", "--cw-learning-rate": "learning_rate",
+               "--wb-kde-points": "kde_points", "--wb-threshold": "threshold"}
+FLAG_OF = {field_name: flag for flag, field_name in WHITE_FLAGS.items()}
+
+
+class WhiteBox(ThreatModel):
+    """White box: C&W-wb against the model and the detector, its budget raised until the detector is beaten."""
+
+    name = "white"
+    description = "the attacker knows the model and the detector: C&W-wb, budget raised until AUC <= 0.5"
+    params_type = WhiteParams
+    cost_rank = 1
+    attacks_detector = True
+    flags: ClassVar[dict[str, str]] = WHITE_FLAGS
+    params: WhiteParams
+
+    def settings(self) -> dict[str, Any]:
+        return {}  # C&W-wb's settings and schedule enter the run id inside run_white
+
+    def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
+        p = self.params
+        return run_white(evaluation, schedule=p.schedule(), kde_points=p.kde_points, threshold=p.threshold)  # type: ignore[arg-type]
+
+    def summary(self, rows: list[ResultRow]) -> str:
+        return white_table(rows)
+
+    def report_tables(self, index: RowIndex) -> list[Table]:
+        return [per_dataset_table(
+            index, key="table3_whitebox_distortion", title="Table 3: distortion d under the white-box threat model "
+            "(C&W-wb)", threat=self.name, metric="distortion", interval=False,
+            notes=(("AUC", WB, "auc"), ("success", WB, "success_rate"), ("criterion met", WB, "criterion_met"),
+                   ("budget rung", WB, "budget_rung"), ("plain C&W AUC", CW, "auc")))]

@@ -1,0 +1,347 @@
+"""The Python API: what the CLI does, as functions (same caches, resuming and results files).
+
+    import pdm_bench as pb
+    trained = pb.train(dataset="digits", defense="pdm")
+    rows = pb.evaluate(trained, threat="gray", attacks=["fgsm-0.1", "cw"], n_samples=200)
+    pb.report("pdm-results", out="report/")
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pdm_bench.config import get_preset, make_plan, resolve_cache_dir, resolve_device
+from pdm_bench.data import load_dataset, resolve_data_dir
+from pdm_bench.defenses.base import Defense
+from pdm_bench.errors import UserError
+from pdm_bench.registry import defense_registry, detector_registry, threat_model_registry
+
+if TYPE_CHECKING:
+    import torch
+
+    from pdm_bench.data import Dataset
+    from pdm_bench.detectors import Detector
+    from pdm_bench.results import ResultRow
+    from pdm_bench.threat import ThreatModel
+    from pdm_bench.training import TrainedModel
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A model ready to evaluate: the trained (or wrapped) network and its record, its data set and device."""
+
+    data: Dataset
+    model: TrainedModel
+    device: torch.device
+
+    @property
+    def test_accuracy(self) -> float:
+        return self.model.test_accuracy
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pretrained(Defense):
+    """A user's model, trained elsewhere: no loss; ``label`` names it in results and tables."""
+
+    name: ClassVar[str] = "pretrained"
+    description = "a model trained outside pdm-bench (pdm_bench.wrap)"
+    label: str = "pretrained"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "name", self.label)  # the user's name for it, in rows and tables
+
+    def loss(self, model: Any, x: Any, y: Any, context: Any) -> Any:
+        raise UserError(f"'{self.label}' is a wrapped pretrained model: pdm-bench does not train it")
+
+
+def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, str] | None = None,
+          preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
+          cache_dir: str | Path | None = None, device: str = "auto", progress: bool = False, log: Log = print,
+          results_dir: str | Path | None = None, geometry: bool = True, command: str = "python: pdm_bench.train") -> Trained:
+    """Train ``defense`` on ``dataset`` (or reuse the cached model of this exact config) and return it. With
+    ``results_dir``, also record its clean accuracy and embedding geometry there (Table 1, Figure 2)."""
+    from pdm_bench.training import train_or_load
+
+    torch_device = resolve_device(device)
+    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
+    cache = resolve_cache_dir(cache_dir)
+    data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
+    plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                     seed=seed, epochs=epochs)
+    log(f"Dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, "
+        f"{'x'.join(map(str, data.input_shape))}, {data.num_classes} classes")
+    log(f"Defense {chosen.name} {chosen.options() or ''}".rstrip()
+        + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {seed}, device {torch_device}")
+    started = time.perf_counter()
+    result = train_or_load(dataset=data, defense=chosen, plan=plan, cache_dir=cache, device=torch_device,
+                           progress=progress, log=log)
+    verb = "reused" if result.from_cache else f"trained in {time.perf_counter() - started:.1f} s"
+    log(f"Clean test accuracy: {100 * result.test_accuracy:.2f}% "
+        f"({chosen.name} on {data.name}, preset {plan.preset}, seed {seed}; {verb})")
+    log(f"Model: {result.run_dir}")
+    trained = Trained(data, result, torch_device)
+    if results_dir is not None:
+        record(trained, Path(results_dir), geometry=geometry, details={"threat": "model"}, command=command, log=log)
+    return trained
+
+
+def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, str] | None = None,
+         preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
+         cache_dir: str | Path | None = None, device: str = "auto", log: Log = print) -> Trained:
+    """The cached model of this config, as :func:`train` returns it; never trains (a one-line error if absent)."""
+    from pdm_bench.training import model_dir
+
+    cache = resolve_cache_dir(cache_dir)
+    data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
+    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
+    plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
+                     seed=seed, epochs=epochs)
+    run_dir, _, _ = model_dir(cache, data, chosen, plan)
+    if not (run_dir / "model.pt").exists():
+        raise UserError(f"No trained {defense} model for this config in {cache}: train it first "
+                        f"(pdm_bench.train(...) or pdm-bench train --dataset {dataset} --defense {defense})")
+    return train(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+                 data_dir=data_dir, cache_dir=cache_dir, device=device, log=log)
+
+
+def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits: bool = False, name: str = "pretrained",
+         preset: str = "quick", seed: int = 0, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+         device: str = "auto") -> Trained:
+    """Any ``nn.Module`` classifier of ``dataset``'s images as a model to evaluate; ``embedding`` names the submodule
+    whose output the detector reads (e.g. ``"layer4.pool"``); ``negate_logits`` if it predicts with the negated
+    outputs. Its weights' fingerprint keys its results, so a changed model is a new run."""
+    from pdm_bench.contract import check_classifier, model_fingerprint
+    from pdm_bench.contract import wrap as wrap_module
+    from pdm_bench.inference import evaluate_accuracy
+    from pdm_bench.training import TrainedModel
+
+    torch_device = resolve_device(device)
+    cache = resolve_cache_dir(cache_dir)
+    data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
+    model = wrap_module(module, embedding=embedding, negate_logits=negate_logits).to(torch_device).eval()
+    check_classifier(model, input_shape=data.input_shape, num_classes=data.num_classes, device=torch_device)
+    plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
+    key = model_fingerprint(model)
+    accuracy = evaluate_accuracy(model, data.x_test, data.y_test, device=torch_device)
+    record = TrainedModel(model, Pretrained(label=name), plan, key, cache / "models" / f"{name}-{key}", accuracy, True, [])  # type: ignore[arg-type]
+    return Trained(data, record, torch_device)
+
+
+def make_detector(name: str = "kde", options: Mapping[str, Any] | None = None) -> Detector:
+    """A detector by registry name, with its options (strings are converted to each option's type)."""
+    from pdm_bench.options import build_options
+
+    cls = detector_registry().get(name)
+    return build_options(cls, dict(options or {}), owner=f"detector '{name}'")  # type: ignore[return-value]
+
+
+def make_threat(name: str, options: Mapping[str, Any] | None = None) -> ThreatModel:
+    """A threat model by registry name, with its options validated."""
+    values = {k: (",".join(v) if k == "attacks" and isinstance(v, (list, tuple)) else v) for k, v in (options or {}).items()}
+    return threat_model_registry().get(name).from_options(values)  # type: ignore[no-any-return]
+
+
+def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: str | Detector = "kde",
+             n_samples: int | None = None, results_dir: str | Path = "pdm-results", geometry: bool = True,
+             progress: bool = False, log: Log = print, command: str = "python: pdm_bench.evaluate",
+             **threat_options: Any) -> list[ResultRow]:
+    """Evaluate ``trained`` under ``threat`` (a name, with ``threat_options``, or a built threat model) against
+    ``detector``; the rows are appended to ``results_dir/results.csv`` and this run's rows are returned. Attacks
+    already finished in that directory are reused."""
+    prepared = prepare_evaluation(threat=threat, detector=detector, results_dir=results_dir, options=threat_options)
+    return run_evaluation(trained, *prepared, n_samples=n_samples, geometry=geometry, progress=progress, log=log,
+                          command=command)[0]
+
+
+def prepare_evaluation(*, threat: str | ThreatModel, detector: str | Detector, results_dir: str | Path,
+                       options: Mapping[str, Any]) -> tuple[ThreatModel, Detector, Path]:
+    """Validate everything before any work: the threat model and its options, the detector, the results file."""
+    from pdm_bench.results import ResultsStore
+
+    threat_model = make_threat(threat, options) if isinstance(threat, str) else threat
+    if options and not isinstance(threat, str):
+        raise UserError("give threat options either to the built threat model or as keywords, not both")
+    chosen = make_detector(detector) if isinstance(detector, str) else detector
+    ResultsStore(results_dir).rows()  # refuse a foreign or malformed results file
+    return threat_model, chosen, Path(results_dir)
+
+
+def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, results_dir: Path, *,
+                   n_samples: int | None, geometry: bool, progress: bool, log: Log, command: str
+                   ) -> tuple[list[ResultRow], str]:
+    """Fit the detector, run the threat model, record provenance; the rows and the printed table."""
+    from pdm_bench.detectors import fit_detector
+    from pdm_bench.evaluation import Evaluation, sample_indices
+    from pdm_bench.results import ResultsStore
+
+    data, model, device = trained.data, trained.model, trained.device
+    indices = sample_indices(data, n_samples, model.plan.seed, default=get_preset(model.plan.preset).attack_samples)
+    fit_detector(detector, model.model, data, device=device, seed=model.plan.seed)
+    log(detector.summary())
+    store = ResultsStore(results_dir)
+    evaluation = Evaluation(data, model, threat.name, detector, indices, store, device, model.plan.seed,
+                            settings=threat.settings(), log=log, progress=progress)
+    rows = threat.run(evaluation)
+    details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.name,
+               **detector.fitted_values(), **threat.params.as_dict()}
+    record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
+           run_ids={r.run_id for r in rows} | {model.key})
+    table = threat.summary(rows)
+    log(f"\n{threat.name.capitalize()}-box results ({model.defense.name} on {data.name}, N={len(indices)}, "
+        f"run {evaluation.run_id}):")
+    log(table)
+    log(f"Rows in {store.path}")
+    return rows, table
+
+
+def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,
+           run_ids: set[str] | None = None) -> None:
+    """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
+    from pdm_bench.records import record_model, record_run
+    from pdm_bench.results import ResultsStore
+
+    data, model, device = trained.data, trained.model, trained.device
+    store = ResultsStore(results_dir)
+    record_model(store, data, model, device=device, geometry=geometry, log=log)
+    for run_id in sorted(run_ids or {model.key}):
+        if run_id == model.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
+            continue  # the model's own record stays that of the command that first measured it
+        record_run(store, run_id, command=command, device=device,
+                   details={"dataset": data.name, "preset": model.plan.preset, "seed": model.plan.seed,
+                            "defense": model.defense.name, "defense_options": model.defense.options(),
+                            "model": model.key, **details})
+
+
+def report(results_dir: str | Path = "pdm-results", *, out: str | Path | None = None) -> list[Path]:
+    """Tables 1-4 (CSV, LaTeX) and report.html from a results directory alone; the paths written."""
+    from pdm_bench.reports.generator import write_report
+
+    results = Path(results_dir)
+    if not results.is_dir():
+        raise UserError(f"Results directory {results} does not exist: pass the --results-dir of your runs")
+    return write_report(results, Path(out) if out is not None else results / "report")
+
+
+@dataclass
+class Study:
+    """The paper's study, or any part of it: train ``defenses`` and ``train_only`` (Table 1), evaluate each of
+    ``defenses`` under each of ``threats`` per seed, then write the report. Every step is cached, so ``run`` again
+    resumes. ``threat_options`` gives each threat model's options by name, e.g. ``{"gray": {"attacks": "cw"}}``."""
+
+    dataset: str = "mnist"
+    defenses: Sequence[str] = ("baseline", "rce", "pdm")
+    train_only: Sequence[str] = ("siamese_rvl",)
+    threats: Sequence[str] = ("gray", "white", "black")
+    seeds: Sequence[int] = (0,)
+    preset: str = "quick"
+    epochs: int | None = None
+    n_samples: int | None = None
+    detector: str = "kde"
+    threat_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    results_dir: str | Path | None = None
+    data_dir: str | Path | None = None
+    cache_dir: str | Path | None = None
+    device: str = "auto"
+    progress: bool = False
+    log: Log = print
+
+    def __post_init__(self) -> None:
+        """Check every name and option now, before any training."""
+        from pdm_bench.study import parse_seeds
+
+        registry = defense_registry()
+        for name in [*self.defenses, *self.train_only]:
+            registry.get(name)
+        if not self.defenses:
+            raise UserError("a study needs at least one defense to evaluate (--defenses), got none")
+        if len(set(self.defenses)) != len(self.defenses) or len(set(self.train_only)) != len(self.train_only):
+            raise UserError("--defenses / --train-only name a defense twice")
+        if both := sorted(set(self.defenses) & set(self.train_only)):
+            raise UserError(f"--train-only repeats {', '.join(both)} from --defenses (those are trained anyway)")
+        if not self.threats or len(set(self.threats)) != len(self.threats):
+            raise UserError(f"--threats must name distinct threat models, got {','.join(self.threats) or 'none'}")
+        parse_seeds(",".join(map(str, self.seeds)))
+        if self.n_samples is not None and self.n_samples <= 0:
+            raise UserError(f"--n-samples must be a positive number of test images, got {self.n_samples}")
+        if unknown := sorted(set(self.threat_options) - set(self.threats)):
+            raise UserError(f"threat options for {', '.join(unknown)}, which the study does not run")
+        self.threat_models = {t: make_threat(t, self.threat_options.get(t)) for t in self.threats}
+        make_detector(self.detector)
+        if self.results_dir is None:
+            self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
+
+    def steps(self) -> tuple[list[Any], list[Any]]:
+        """The trainings (every defense, per seed), then the evaluations (threat x defense, per seed)."""
+        from pdm_bench.study import Step
+
+        def title(text: str, seed: int) -> str:
+            return f"{text}, seed {seed}" if len(self.seeds) > 1 else text
+
+        trainings = [Step(title(f"train {d}", s), ("train", "--defense", d, "--seed", str(s), *self._shared_argv()),
+                          lambda d=d, s=s: self._train(d, s))
+                     for s in self.seeds for d in [*self.defenses, *self.train_only]]
+        runs = [Step(title(f"{t} box, {d}", s), ("run", "--threat", t, "--defense", d, "--seed", str(s),
+                                                 *self._shared_argv(), *self._run_argv(t)),
+                     lambda t=t, d=d, s=s: self._evaluate(t, d, s), rank=self.threat_models[t].cost_rank)
+                for s in self.seeds for t in self.threats for d in self.defenses]
+        return trainings, runs
+
+    def run(self, *, jobs: int = 1) -> list[Path]:
+        """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
+        from pdm_bench.study import STEP_TIMES, costliest_first, record_step, run_parallel, study_log_dir
+
+        results_dir = Path(self.results_dir)  # type: ignore[arg-type]
+        trainings, evaluations = self.steps()
+        started = time.perf_counter()
+        if jobs == 1:
+            steps = [*trainings, *evaluations]
+            for number, step in enumerate(steps, start=1):
+                self.log(f"\n=== [{number}/{len(steps)}] {step.title} ({time.perf_counter() - started:.0f} s into the study)")
+                step_started = time.perf_counter()
+                step.call()
+                record_step(study_log_dir(results_dir), step, seconds=time.perf_counter() - step_started,
+                            status="finished", jobs=1)
+        else:
+            for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(evaluations))):
+                self.log(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
+                         f"({time.perf_counter() - started:.0f} s into the study)")
+                failed = run_parallel(phase_steps, jobs=jobs, log_dir=study_log_dir(results_dir), echo=self.log)
+                if failed:
+                    raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
+                                    "fix and rerun the same command to resume")
+        written = report(results_dir)
+        self.log(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
+                 f"Each step's time: {study_log_dir(results_dir) / STEP_TIMES}")
+        return written
+
+    def _shared_argv(self) -> list[str]:
+        argv = ["--dataset", self.dataset, "--preset", self.preset, "--device", self.device,
+                "--results-dir", str(self.results_dir), "--progress" if self.progress else "--no-progress"]
+        for flag, value in (("--epochs", self.epochs), ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
+            if value is not None:
+                argv += [flag, str(value)]
+        return argv
+
+    def _run_argv(self, threat: str) -> list[str]:
+        argv = ["--detector", self.detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
+        for name, value in self.threat_options.get(threat, {}).items():
+            text = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
+            argv += ["-t", f"{name}={text}"]
+        return argv
+
+    def _train(self, defense: str, seed: int) -> Trained:
+        return train(dataset=self.dataset, defense=defense, preset=self.preset, epochs=self.epochs, seed=seed,
+                     data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device, progress=self.progress,
+                     log=self.log, results_dir=self.results_dir, command="python: pdm_bench.Study")
+
+    def _evaluate(self, threat: str, defense: str, seed: int) -> None:
+        trained = self._train(defense, seed)
+        run_evaluation(trained, self.threat_models[threat], make_detector(self.detector), Path(self.results_dir),  # type: ignore[arg-type]
+                       n_samples=self.n_samples, geometry=True, progress=self.progress, log=self.log,
+                       command="python: pdm_bench.Study")

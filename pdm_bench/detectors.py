@@ -1,0 +1,137 @@
+"""The detector contract, and the built-in ``kde`` (Feinman et al.'s Gaussian KDE, :mod:`pdm_bench.kde`).
+
+A detector reads the pre-logits embedding. It is a keyword-only dataclass whose fields are its options (like a
+defense), and implements two methods: ``fit(embeddings, labels)`` on clean training embeddings (true labels) and
+``score(embeddings, predicted) -> higher is normal``. A detector that the white and black box can attack also
+implements ``torch_score`` (differentiable in the embeddings; same meaning as ``score``); C&W-wb optimises
+against it. Register one through the entry-point group ``pdm_bench.detectors``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+
+from pdm_bench.errors import UserError
+from pdm_bench.inference import embed_and_predict
+
+if TYPE_CHECKING:
+    from pdm_bench.data import Dataset
+    from pdm_bench.kde import GaussianKDE
+
+
+@dataclass(kw_only=True)
+class Detector(ABC):
+    """Base class of every detector (built-in or plugin)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    differentiable: ClassVar[bool] = False  # True: ``torch_score`` is implemented (white and black box can run)
+
+    @property
+    def reference_points(self) -> int:
+        """Clean training embeddings per class that ``fit`` is given (a seeded choice)."""
+        return 1000
+
+    @abstractmethod
+    def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> None:
+        """Learn what normal looks like from clean training ``embeddings`` (N, D) with their true ``labels``."""
+
+    @abstractmethod
+    def score(self, embeddings: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """(N,) normality of each embedding given the class the model predicted for it: higher is normal."""
+
+    def torch_score(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """``score``, differentiable in ``embeddings`` and on their device (for adaptive attacks)."""
+        raise UserError(f"Detector '{self.name}' has no differentiable score: the white and black box attack it "
+                        "through one (set differentiable = True and implement torch_score)")
+
+    def run_key(self) -> dict[str, Any]:
+        """What identifies the fitted detector in a run's id."""
+        from dataclasses import asdict
+
+        return {"detector": self.name, "detector_options": asdict(self)}
+
+    def fitted_values(self) -> dict[str, float]:
+        """Numbers the fit chose, recorded with each run's clean rows (e.g. the KDE's bandwidth)."""
+        return {}
+
+    def summary(self) -> str:
+        """One line for the CLI after fitting."""
+        return f"Detector: {self.name}"
+
+
+@dataclass(kw_only=True)
+class KDEDetector(Detector):
+    """Feinman et al.'s per-class Gaussian KDE on the embedding; the score is the log-density under the predicted
+    class. ``bandwidth=None``: maximum leave-one-out likelihood on the clean training embeddings."""
+
+    name = "kde"
+    description = "Gaussian KDE per class (Feinman et al. 2017; the paper's detector)"
+    differentiable = True
+
+    points_per_class: int = 1000
+    bandwidth: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.points_per_class, bool) or not isinstance(self.points_per_class, int) \
+                or self.points_per_class < 1:
+            raise ValueError(f"points_per_class must be a positive integer, got {self.points_per_class!r}")
+        if self.bandwidth is not None and not (0 < self.bandwidth < float("inf")):
+            raise ValueError(f"bandwidth must be a positive finite number, got {self.bandwidth}")
+        self.kde: GaussianKDE | None = None
+
+    @property
+    def reference_points(self) -> int:
+        return self.points_per_class
+
+    def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> None:
+        from pdm_bench.kde import GaussianKDE
+
+        self.kde = GaussianKDE.fit(embeddings, labels, num_classes=num_classes, points_per_class=self.points_per_class,
+                                   bandwidth=self.bandwidth, seed=seed)
+
+    def fitted(self) -> GaussianKDE:
+        if self.kde is None:
+            raise RuntimeError("the KDE detector is not fitted yet: call fit() first")
+        return self.kde
+
+    def score(self, embeddings: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        return self.fitted().log_density(embeddings, predicted)
+
+    def torch_score(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.fitted().log_density(embeddings, classes)
+
+    def run_key(self) -> dict[str, Any]:
+        return {"bandwidth": round(self.fitted().bandwidth, 8)}  # as before detectors were components: ids unchanged
+
+    def fitted_values(self) -> dict[str, float]:
+        return {"bandwidth": self.fitted().bandwidth}
+
+    def summary(self) -> str:
+        how = "fixed" if self.bandwidth else "max leave-one-out likelihood on clean training embeddings"
+        return (f"Detector: Gaussian KDE, {self.points_per_class} points per class, bandwidth "
+                f"{self.fitted().bandwidth:.4g} ({how})")
+
+
+def kernel_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    """A seeded choice of up to ``per_class`` training indices of each class (a detector's reference points)."""
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in range(num_classes):
+        members = np.flatnonzero(labels == c)
+        chosen.append(members if len(members) <= per_class else rng.choice(members, per_class, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+def fit_detector(detector: Detector, model: torch.nn.Module, dataset: Dataset, *, device: torch.device,
+                 seed: int = 0) -> Detector:
+    """Fit ``detector`` on ``model``'s embeddings of a seeded choice of clean training images (true labels)."""
+    index = kernel_indices(dataset.y_train, dataset.num_classes, detector.reference_points, seed)
+    embeddings, _ = embed_and_predict(model, dataset.x_train[index], device=device)
+    detector.fit(embeddings, torch.from_numpy(dataset.y_train[index]), num_classes=dataset.num_classes, seed=seed)
+    return detector

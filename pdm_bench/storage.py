@@ -1,0 +1,154 @@
+"""Everything pdm-bench writes to disk goes through here: atomic writes (a reader sees the old file or the new,
+never half), file locks, and the chunked store of an attack's images (a killed attack resumes at its first
+unfinished chunk; processes running the same attack share its chunks)."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+Log = Callable[[str], None]
+
+
+def _temporary(path: Path, suffix: str = ".tmp") -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> Path:
+    """``obj`` as indented JSON, atomically (values JSON cannot hold are written as strings)."""
+    return atomic_write_text(path, json.dumps(obj, indent=2, default=str))
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object at ``path``; None when it is missing or unreadable."""
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def atomic_save(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file and ``os.replace``."""
+    import torch
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path)
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """``np.save`` through a temporary file and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temporary(path, ".tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The array stored at ``path`` if it is there, readable and of ``shape``; else None (then it is made again)."""
+    if not path.exists():
+        return None
+    try:
+        stored = np.load(path)
+    except (OSError, ValueError):
+        return None  # a torn or foreign file
+    return stored if stored.shape == shape else None
+
+
+@contextmanager
+def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
+    """An exclusive lock on ``lock_path`` (created if missing): yields False at once when another process holds it
+    and ``wait`` is off. The kernel drops a killed process's lock."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def chunked_array(path: Path, shape: tuple[int, ...], make: Callable[[slice], np.ndarray], *, chunk_size: int,
+                  label: str, log: Log = print) -> tuple[np.ndarray, float]:
+    """The array of ``shape`` stored at ``path``, made ``chunk_size`` rows at a time by ``make(rows)`` if absent,
+    and the seconds spent making it (NaN when all came from the store).
+
+    Each finished chunk is kept on disk at once (in ``<path stem>.parts/``), so a killed run resumes at the first
+    unfinished chunk. Processes making the same array share its chunks: each takes a chunk no other is making (a
+    lock per chunk), then waits for the chunks others hold.
+    """
+    n = shape[0]
+    whole = load_array(path, shape)
+    if whole is not None:
+        return whole, float("nan")
+    parts_dir = path.with_name(f"{path.stem}.parts")
+    parts = [slice(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+    pieces: dict[int, np.ndarray] = {}
+    for wait in (False, True):  # first the chunks nobody else holds, then wait for the others'
+        for part in parts:
+            if part.start in pieces:
+                continue
+            piece_shape = (part.stop - part.start, *shape[1:])
+            piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
+            piece = load_array(piece_path, piece_shape)
+            if piece is None:
+                with file_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
+                    if not held:
+                        continue  # another process is making it
+                    whole = load_array(path, shape)
+                    if whole is not None:  # another process finished the array meanwhile
+                        shutil.rmtree(parts_dir, ignore_errors=True)
+                        return whole, float("nan")
+                    piece = load_array(piece_path, piece_shape)  # it may have been finished while we waited
+                    if piece is None:
+                        piece = _make_chunk(make, part, piece_shape, piece_path)
+                        if n > chunk_size:
+                            log(f"{label}: images {part.start + 1}-{part.stop} of {n} done and stored")
+            pieces[part.start] = piece
+    array = np.concatenate([pieces[part.start] for part in parts])
+    seconds = sum(_read_seconds(parts_dir / f"{part.start:07d}-{part.stop:07d}.seconds") for part in parts)
+    save_array(path, array)
+    shutil.rmtree(parts_dir, ignore_errors=True)
+    return array, seconds
+
+
+def _make_chunk(make: Callable[[slice], np.ndarray], part: slice, shape: tuple[int, ...], piece_path: Path) -> np.ndarray:
+    started = time.perf_counter()
+    piece = np.asarray(make(part), dtype=np.float32)
+    if piece.shape != shape:
+        raise RuntimeError(f"expected adversarial examples of shape {shape}, got {piece.shape}")
+    # The time first: a stored piece always has its time.
+    atomic_write_text(piece_path.with_suffix(".seconds"), f"{time.perf_counter() - started:.3f}\n")
+    save_array(piece_path, piece)
+    return piece
+
+
+def _read_seconds(path: Path) -> float:
+    try:
+        return float(path.read_text())
+    except (OSError, ValueError):
+        return float("nan")

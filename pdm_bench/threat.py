@@ -1,0 +1,81 @@
+"""The threat-model contract: one class per threat model, registered by name (built-ins and the entry-point group
+``pdm_bench.threat_models``).
+
+A threat model has typed options (a keyword-only dataclass, validated once in its ``__post_init__``), implements
+``evaluate(evaluation) -> rows``, and says how its rows read: the table printed after a run (``summary``) and the
+report's tables (``report_tables``). ``cost_rank`` orders a study's parallel steps (lower: started first).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, final
+
+from pdm_bench.errors import UserError
+from pdm_bench.options import build_options
+
+if TYPE_CHECKING:
+    from pdm_bench.evaluation import Evaluation
+    from pdm_bench.results import ResultRow
+    from pdm_bench.tables import RowIndex, Table
+
+
+@dataclass(frozen=True, kw_only=True)
+class ThreatParams:
+    """Options of a threat model: subclass with typed fields and defaults."""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ThreatModel(ABC):
+    """Base class of every threat model (built-in or plugin)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    params_type: ClassVar[type[ThreatParams]] = ThreatParams
+    cost_rank: ClassVar[int] = 50  # a study with --jobs starts the lowest ranks first (the costliest threats)
+    attacks_detector: ClassVar[bool] = False  # True: the attack optimises the detector's differentiable score
+    # Built-in CLI flags this threat model takes (flag -> params field); any field can be set with -t NAME=VALUE.
+    flags: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(self, params: ThreatParams | None = None) -> None:
+        if params is None:
+            params = self.params_type()
+        if not isinstance(params, self.params_type):
+            raise UserError(f"Threat model '{self.name}' expects {self.params_type.__name__} options, got "
+                            f"{type(params).__name__}")
+        self.params = params
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> ThreatModel:
+        """Built from option values (strings from the CLI are converted to each field's type)."""
+        return cls(build_options(cls.params_type, values, owner=f"threat model '{cls.name}'"))
+
+    @final
+    def run(self, evaluation: Evaluation) -> list[ResultRow]:
+        """Evaluate (reusing what the results store already holds) and return this run's rows."""
+        if self.attacks_detector and not evaluation.detector.differentiable:
+            raise UserError(f"Threat model '{self.name}' attacks the detector through its differentiable score; "
+                            f"detector '{evaluation.detector.name}' has none")
+        return self.evaluate(evaluation)
+
+    @abstractmethod
+    def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
+        """Attack ``evaluation``'s images, append the rows to its store, and return the run's rows."""
+
+    def settings(self) -> dict[str, Any]:
+        """What, besides the model, samples and detector, identifies a run (its id) and its provenance."""
+        return self.params.as_dict()
+
+    def summary(self, rows: list[ResultRow]) -> str:
+        """The table printed after a run (default: attack, metric, value, n)."""
+        lines = [f"{'attack':<14} {'metric':<20} {'value':>10} {'n':>6}"]
+        lines += [f"{r.attack:<14} {r.metric:<20} {r.value:>10.4g} {r.n:>6}" for r in rows if r.metric != "finished"]
+        return "\n".join(lines)
+
+    def report_tables(self, index: RowIndex) -> list[Table]:
+        """The report's tables from this threat model's rows (default: none)."""
+        return []

@@ -1,0 +1,136 @@
+"""Threat models and detectors as registered components: a plugin threat model (examples/noise_threat_plugin) and a
+plugin detector (nearest class mean, defined here) through the CLI, the study and the report; their bad input."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+NOISE = Path(__file__).resolve().parents[1] / "examples" / "noise_threat_plugin" / "pdm_noise_threat.py"
+CliResult = Any  # conftest.CliResult (conftest is not importable under --import-mode=importlib)
+
+NEAREST_MEAN = '''
+from dataclasses import dataclass
+
+import torch
+
+from pdm_bench.detectors import Detector
+
+
+@dataclass(kw_only=True)
+class NearestMean(Detector):
+    """Minus the distance to the predicted class's mean training embedding."""
+
+    name = "nearest_mean"
+    description = "distance to the class mean (test plugin)"
+    differentiable = True
+
+    def fit(self, embeddings, labels, *, num_classes, seed):
+        self.means = torch.stack([embeddings[labels == c].mean(0) for c in range(num_classes)])
+
+    def score(self, embeddings, predicted):
+        return -(embeddings - self.means.to(embeddings.device)[predicted]).norm(dim=1)
+
+    torch_score = score
+'''
+
+
+def install(site: Path, dist: str, modules: dict[str, str | Path], groups: dict[str, dict[str, str]]) -> None:
+    """What ``pip install`` leaves: the modules and ``<dist>-0.1.0.dist-info`` with its entry points."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        if isinstance(source, Path):
+            shutil.copy(source, site / name)
+        else:
+            (site / name).write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
+        for group, points in groups.items()))
+
+
+@pytest.fixture
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    site = tmp_path / "site"
+    install(site, "pdm-noise-threat", {"pdm_noise_threat.py": NOISE},
+            {"pdm_bench.threat_models": {"noise": "pdm_noise_threat:UniformNoise"}})
+    install(site, "pdm-nearest-mean", {"pdm_nearest_mean.py": NEAREST_MEAN},
+            {"pdm_bench.detectors": {"nearest_mean": "pdm_nearest_mean:NearestMean"}})
+    monkeypatch.syspath_prepend(str(site))
+    return site
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_plugins_are_listed(plugins: Path, cli: Callable[..., CliResult]) -> None:
+    listing = cli("list")
+    assert listing.code == 0, listing.err
+    assert "noise" in listing.out and "plugin from pdm-noise-threat 0.1.0" in listing.out and "eps=0.1" in listing.out
+    assert "nearest_mean" in listing.out and "plugin from pdm-nearest-mean 0.1.0" in listing.out
+    for section in ("Defenses:", "Detectors (--detector):", "Threat models (--threat):", "Gray-box attacks (--attacks):"):
+        assert section in listing.out
+
+
+def test_plugin_threat_and_detector_through_run_and_report(plugins: Path, tmp_path: Path,
+                                                           cli: Callable[..., CliResult]) -> None:
+    results = tmp_path / "results"
+    common = ("--defense", "baseline", "--epochs", "2", "--n-samples", "40", "--no-progress", "--no-geometry",
+              "--results-dir", str(results))
+    noise = cli("run", "--threat", "noise", "-t", "eps=0.2", *common)
+    assert noise.code == 0, noise.err
+    assert "noise-0.2: flipped" in noise.out
+    mine = cli("run", "--threat", "gray", "--attacks", "fgsm-0.1", "--no-resiliency", "--detector", "nearest_mean", *common)
+    assert mine.code == 0, mine.err
+    rows = read_csv(results / "results.csv")
+    assert {r["detector"] for r in rows if r["threat"] == "gray"} == {"nearest_mean"}
+    assert any(r["threat"] == "noise" and r["attack"] == "noise-0.2" and r["metric"] == "auc" for r in rows)
+    rerun = cli("run", "--threat", "noise", "-t", "eps=0.2", *common)  # resumes: nothing redone
+    assert rerun.code == 0 and "already in" in rerun.out
+    assert len(read_csv(results / "results.csv")) == len(rows)
+
+    report = cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report"))
+    assert report.code == 0, report.err
+    noise_table = read_csv(tmp_path / "report" / "noise_auc.csv")
+    assert noise_table[0]["attack"] == "noise-0.2" and float(noise_table[0]["digits (quick) baseline"]) >= 0.0
+    gray = read_csv(tmp_path / "report" / "table2_graybox_auc.csv")
+    assert "digits (quick) baseline (nearest_mean)" in gray[0]  # the cell names its detector
+    assert "noise_auc" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+
+
+def test_plugin_threat_in_a_study(plugins: Path, tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    results = tmp_path / "study"
+    done = cli("paper", "--dataset", "digits", "--threats", "gray,noise", "--defenses", "baseline", "--train-only", "",
+               "--attacks", "fgsm-0.1", "--no-resiliency", "--n-samples", "30", "--epochs", "2", "--no-progress",
+               "--results-dir", str(results))
+    assert done.code == 0, done.err
+    assert (results / "report" / "noise_auc.csv").exists() and (results / "report" / "table2_graybox_auc.csv").exists()
+    threats = {r["threat"] for r in read_csv(results / "results.csv")}
+    assert {"model", "gray", "noise"} <= threats
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (("run", "--threat", "nois"), "Unknown threat model 'nois'. Did you mean: noise?"),
+    (("run", "--threat", "gray", "--detector", "nearest_men"), "Unknown detector 'nearest_men'. Did you mean: nearest_mean?"),
+    (("run", "--threat", "noise", "-t", "eps=2"), "Bad options for threat model 'noise': eps must be in (0, 1], got 2.0"),
+    (("run", "--threat", "noise", "-t", "epsilon=0.1"), "Unknown option of threat model 'noise' 'epsilon'"),
+    (("run", "--threat", "noise", "--attacks", "cw"), "--attacks does not apply to threat model 'noise'"),
+    (("run", "--threat", "white", "--attacks", "cw"), "--attacks does not apply to threat model 'white'"),
+    (("run", "--threat", "gray", "--detector", "nearest_mean", "--bandwidth", "0.1"),
+     "--bandwidth is an option of the kde detector, not of 'nearest_mean'"),
+    (("paper", "--threats", "gray,nois"), "Unknown threat model 'nois'"),
+])
+def test_bad_component_input_is_one_line(plugins: Path, cli: Callable[..., CliResult], args: tuple[str, ...],
+                                         expected: str) -> None:
+    result = cli(*args, "--no-progress")
+    assert result.code == 2
+    assert expected in result.err and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pdm_bench.art_adapter import build_cw_attack
+
 from pdm_bench.config import resolve_device
-from pdm_bench.threat_models.common import fit_detector
+from pdm_bench.detectors import KDEDetector, fit_detector
+from pdm_bench.inference import predict_logits
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
-from pdm_bench.threat_models.gray import attack_targets
-from pdm_bench.training import predict_logits
+from pdm_bench.threat_models.attack_specs import attack_targets, build_cw_attack
 
 from quick_baseline import quick_baseline
 
@@ -52,7 +52,7 @@ def main() -> None:
     device = resolve_device(args.device)
     data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
                                                device=device)
-    kde = fit_detector(trained, data, device=device)
+    kde = fit_detector(KDEDetector(), trained.model, data, device=device).fitted()  # type: ignore[attr-defined]
     index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
     x, y = data.x_test[index], data.y_test[index]
     targets = attack_targets(y, data.num_classes, 0)

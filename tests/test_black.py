@@ -14,13 +14,15 @@ from pdm_bench.art_adapter import build_copycat
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
+from pdm_bench.evaluation import Evaluation, sample_indices
+from pdm_bench.inference import predict_logits
 from pdm_bench.models import ModelSpec, build_model
-from pdm_bench.results import ResultsStore
+from pdm_bench.results import ResultsStore, Threat
 from pdm_bench.threat_models.black import black_table, distil_proxy, run_black
-from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
 from pdm_bench.threat_models.white import WhiteBudget
-from pdm_bench.training import predict_logits, train_or_load
+from pdm_bench.training import train_or_load
 
 CPU = torch.device("cpu")
 TINY = (WhiteBudget(max_iter=100, binary_search_steps=3, initial_const=1.0, learning_rate=5e-2),)
@@ -32,8 +34,8 @@ def ev(tmp_path_factory: pytest.TempPathFactory) -> Evaluation:
     plan = make_plan("quick", dataset="digits", input_shape=data.input_shape, num_classes=10, epochs=10)
     trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=tmp_path_factory.mktemp("cache"),
                             device=CPU, progress=False, log=lambda _: None)
-    kde = fit_detector(trained, data, device=CPU)
-    return Evaluation(data, trained, ThreatModel.BLACK, kde, sample_indices(data, 16, 0),
+    detector = fit_detector(KDEDetector(), trained.model, data, device=CPU)
+    return Evaluation(data, trained, Threat.BLACK.value, detector, sample_indices(data, 16, 0),
                       ResultsStore(tmp_path_factory.mktemp("results")), CPU, 0, log=lambda _: None, chunk_size=10)
 
 

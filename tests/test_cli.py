@@ -46,7 +46,7 @@ def test_list_shows_defenses_datasets_presets(cli: Callable[..., CliResult]) -> 
         (["train", "--dataset", "mnist"], "Error: Dataset 'mnist' needs its files"),
         (["paper", "--dataset", "digits", "--defenses", "baseline,pmd"], "Error: Unknown defense 'pmd'. Did you mean: pdm?"),
         (["paper", "--dataset", "digits", "--train-only", "pdm"], "Error: --train-only repeats pdm from --defenses"),
-        (["paper", "--dataset", "digits", "--defenses", ","], "Error: --defenses must name at least one defense"),
+        (["paper", "--dataset", "digits", "--defenses", ","], "Error: a study needs at least one defense to evaluate (--defenses), got none"),
         (["paper", "--dataset", "digits", "--seeds", "0,x"], "Error: --seeds expects comma-separated non-negative integers"),
         (["paper", "--dataset", "digits", "--seeds", "1,1"], "Error: --seeds expects distinct non-negative integers"),
         (["paper", "--dataset", "digits", "--jobs", "0"], "Error: Invalid value for '--jobs' / '-j': 0 is not in the range x>=1."),
@@ -101,30 +101,40 @@ def test_truncated_mnist_file_is_named_in_one_line(cli: Callable[..., CliResult]
 
 
 def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_path: Path) -> None:
-    from pdm_bench.cli import run_command, train
-    from pdm_bench.study import Step, command_argv
+    from pdm_bench.api import Study, make_threat
+    from pdm_bench.cli import run_command, threat_options, train
+    from pdm_bench.study import Step
 
+    # A study's steps carry their command lines (``Step.argv``); a defense's options and --no-geometry are not study
+    # parameters, so they are not among those checked here.
     params = {"threat": "white", "defense": "rce", "results_dir": tmp_path, "n_samples": 12, "dataset": "digits",
-              "seed": 3, "epochs": None, "defense_options": ("q=0.7", "rvl_weight=2"), "progress": False,
-              "wb_max_iter": 60, "wb_threshold": "clean", "geometry": False}
-    argv = command_argv(run_command, params)
+              "seed": 3, "epochs": None, "progress": False}
+    white = {"max_iter": 60, "threshold": "clean"}  # the old wb_max_iter / wb_threshold, now white-box options
+    study = Study(dataset="digits", defenses=["rce"], train_only=[], threats=["white"], seeds=[3], n_samples=12,
+                  threat_options={"white": white}, results_dir=tmp_path, progress=False)
+    _, (step,) = study.steps()
+    argv = list(step.argv)
     assert argv[0] == "run" and "--no-progress" in argv and "--epochs" not in argv
     parsed = run_command.make_context("run", argv[1:]).params
     for name, value in params.items():
         expected = {"results_dir": tmp_path, "epochs": None}.get(name, value)
         assert parsed[name] == expected, name
-    assert command_argv(train, {"defense": "pdm", "progress": True}) == ["train", "--defense", "pdm", "--progress"]
-    assert Step("gray box, pdm", train).slug == "gray-box-pdm"
+    options = threat_options("white", {}, parsed["threat_option_pairs"], strict=True)
+    assert make_threat("white", options).params == study.threat_models["white"].params
+    assert (study.threat_models["white"].params.max_iter, study.threat_models["white"].params.threshold) == (60, "clean")
+    (training,) = Study(dataset="digits", defenses=["pdm"], train_only=[], threats=["gray"], progress=True).steps()[0]
+    assert list(training.argv[:3]) == ["train", "--defense", "pdm"] and "--progress" in training.argv
+    assert train.make_context("train", list(training.argv[1:])).params["progress"] is True
+    assert Step("gray box, pdm", ("run",), lambda: None).slug == "gray-box-pdm"
 
 
 def test_parallel_studies_start_the_costliest_threat_first() -> None:
-    from pdm_bench.cli import run_command, train
-    from pdm_bench.study import costliest_first, study_steps
+    from pdm_bench.api import Study
+    from pdm_bench.study import costliest_first
 
-    trainings, runs = study_steps(train=train, run=run_command, attacked=["baseline", "pdm"], trained_only=[],
-                                  threats=["gray", "white", "black"], seeds=[0], shared={}, gray={}, attack={})
+    trainings, runs = Study(defenses=["baseline", "pdm"], train_only=[], threats=["gray", "white", "black"],
+                            seeds=[0]).steps()
     assert [step.title for step in costliest_first(runs)] == [
         "black box, baseline", "black box, pdm", "white box, baseline", "white box, pdm", "gray box, baseline",
         "gray box, pdm"]
     assert costliest_first(trainings) == trainings  # no threat: order kept
-

@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-from pdm_bench.art_adapter import AttackBackend
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
+from pdm_bench.evaluation import Evaluation, sample_indices
 from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import ResultsStore
-from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
+from pdm_bench.results import ResultsStore, Threat
+from pdm_bench.threat_models.attack_specs import AttackBackend
 from pdm_bench.threat_models.gray import parse_attack, run_gray
 from pdm_bench.training import train_or_load
 
@@ -48,13 +49,13 @@ def evaluation_parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any
     plan = make_plan("quick", dataset="digits", input_shape=data.input_shape, num_classes=10, epochs=15)
     trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=tmp_path_factory.mktemp("c"),
                             device=CPU, progress=False, log=lambda _: None)
-    return data, trained, fit_detector(trained, data, device=CPU)
+    return data, trained, fit_detector(KDEDetector(), trained.model, data, device=CPU)
 
 
 def test_gray_rows_and_a_rerun_redoes_nothing(evaluation_parts: tuple[Any, Any, Any], tmp_path: Path) -> None:
-    data, trained, kde = evaluation_parts
+    data, trained, detector = evaluation_parts
     store = ResultsStore(tmp_path)
-    ev = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 120, 0), store, CPU, 0, log=lambda _: None)
+    ev = Evaluation(data, trained, Threat.GRAY.value, detector, sample_indices(data, 120, 0), store, CPU, 0, log=lambda _: None)
     rows = run_gray(ev, ["fgsm-0.1", "cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
     got = {(r.attack, r.metric): r.value for r in rows}
     for attack in ("fgsm-0.1", "cw"):
@@ -77,8 +78,8 @@ def test_gray_rows_and_a_rerun_redoes_nothing(evaluation_parts: tuple[Any, Any, 
 
 def test_a_kill_inside_a_long_attack_loses_only_the_unfinished_chunk(evaluation_parts: tuple[Any, Any, Any],
                                                                     tmp_path: Path) -> None:
-    data, trained, kde = evaluation_parts
-    ev = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 120, 0), ResultsStore(tmp_path), CPU, 0,
+    data, trained, detector = evaluation_parts
+    ev = Evaluation(data, trained, Threat.GRAY.value, detector, sample_indices(data, 120, 0), ResultsStore(tmp_path), CPU, 0,
                     log=lambda _: None, chunk_size=50)
     x = data.x_test[ev.indices]
     made: list[tuple[int, int]] = []
@@ -101,7 +102,7 @@ def test_a_kill_inside_a_long_attack_loses_only_the_unfinished_chunk(evaluation_
     # Chunking does not change an attack's images (C&W is per image: early abort and binary search per image).
     l2_means = []
     for chunk_size, directory in ((10, "chunked"), (30, "whole")):
-        small = Evaluation(data, trained, ThreatModel.GRAY, kde, sample_indices(data, 30, 0),
+        small = Evaluation(data, trained, Threat.GRAY.value, detector, sample_indices(data, 30, 0),
                            ResultsStore(tmp_path / directory), CPU, 0, log=lambda _: None, chunk_size=chunk_size)
         rows = run_gray(small, ["cw"], backend=AttackBackend.TORCH, targeted=False, resiliency=False)
         l2_means.append({(r.attack, r.metric): r.value for r in rows}[("cw", "l2_mean")])
@@ -110,7 +111,7 @@ def test_a_kill_inside_a_long_attack_loses_only_the_unfinished_chunk(evaluation_
 
 def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_parts: tuple[Any, Any, Any],
                                                                      tmp_path: Path) -> None:
-    data, trained, kde = evaluation_parts
+    data, trained, detector = evaluation_parts
     indices = sample_indices(data, 100, 0)
     x = data.x_test[indices]
     made: list[tuple[int, int]] = []  # (worker, first image of the chunk)
@@ -118,7 +119,7 @@ def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_p
     start_together = threading.Barrier(2)
 
     def worker(number: int) -> None:
-        ev = Evaluation(data, trained, ThreatModel.GRAY, kde, indices, ResultsStore(tmp_path), CPU, 0,
+        ev = Evaluation(data, trained, Threat.GRAY.value, detector, indices, ResultsStore(tmp_path), CPU, 0,
                         log=lambda _: None, chunk_size=20)
 
         def make(part: slice) -> np.ndarray:
@@ -141,10 +142,10 @@ def test_two_runs_of_one_attack_share_its_chunks_and_record_it_once(evaluation_p
     assert not list((tmp_path / "adversarial").glob("*.parts"))
     # Both record the attack; only the first one's rows are kept.
     store = ResultsStore(tmp_path)
-    row = Evaluation(data, trained, ThreatModel.GRAY, kde, indices, store, CPU, 0).row("fake", "auc", 0.5, 100)
-    assert store.append([row], unless_stored=(row.run_id, "fake", "auc"))
-    assert not store.append([row], unless_stored=(row.run_id, "fake", "auc"))
-    assert len(store.rows()) == 1
+    row = Evaluation(data, trained, Threat.GRAY.value, detector, indices, store, CPU, 0).row("fake", "auc", 0.5, 100)
+    assert store.append([row], completes="fake", legacy=("fake", "auc"))
+    assert not store.append([row], completes="fake", legacy=("fake", "auc"))
+    assert len([r for r in store.rows() if r.metric != "finished"]) == 1
 
 
 def test_results_file_that_is_not_ours_is_refused_and_kept(tmp_path: Path) -> None:
@@ -177,12 +178,12 @@ def test_attack_names_and_eps_validation() -> None:
         (["--threat", "gray", "--attacks", "fgsm-2"], "Error: Attack 'fgsm-2': eps must be in (0, 1]"),
         (["--threat", "gray", "--n-samples", "0", "--epochs", "1"], "Error: --n-samples must be between 1 and the test set's size 360 (digits), got 0"),
         (["--threat", "gray", "--n-samples", "5000", "--epochs", "1"], "Error: --n-samples must be between 1 and the test set's size 360"),
-        (["--threat", "gray", "--bandwidth", "-1"], "Error: --bandwidth must be > 0, got -1.0"),
-        (["--threat", "white", "--cw-iterations", "0"], "Error: --cw-iterations must be a positive integer, got 0"),
-        (["--threat", "black", "--cw-initial-const", "0"], "Error: --cw-initial-const must be a positive number, got 0.0"),
-        (["--threat", "black", "--proxy-epochs", "-3"], "Error: --proxy-epochs must be a positive integer, got -3"),
-        (["--threat", "white", "--wb-kde-points", "0"], "Error: --wb-kde-points must be a positive integer, got 0"),
-        (["--threat", "white", "--attacks", "cw"], "Error: --attacks selects gray-box attacks; the white threat model"),
+        (["--threat", "gray", "--bandwidth", "-1"], "Error: Bad options for detector 'kde': bandwidth must be a positive finite number, got -1.0"),
+        (["--threat", "white", "--cw-iterations", "0"], "Error: Bad options for threat model 'white': --cw-iterations must be a positive integer, got 0"),
+        (["--threat", "black", "--cw-initial-const", "0"], "Error: Bad options for threat model 'black': --cw-initial-const must be a positive number, got 0.0"),
+        (["--threat", "black", "--proxy-epochs", "-3"], "Error: Bad options for threat model 'black': --proxy-epochs must be a positive integer, got -3"),
+        (["--threat", "white", "--wb-kde-points", "0"], "Error: Bad options for threat model 'white': --wb-kde-points must be a positive integer, got 0"),
+        (["--threat", "white", "--attacks", "cw"], "Error: --attacks does not apply to threat model 'white'"),
     ],
 )
 def test_run_bad_input_is_one_line(cli: Callable[..., CliResult], args: list[str], message: str, tmp_path: Path) -> None:

@@ -10,8 +10,25 @@ import pytest
 
 from pdm_bench.reports.formats import latex_escape, tables_tex, to_csv
 from pdm_bench.reports.generator import write_report
-from pdm_bench.reports.tables import NOT_RUN, RowIndex, accuracy_table, blackbox_table, graybox_table, whitebox_table
+from pdm_bench.reports.tables import accuracy_table
 from pdm_bench.results import ResultRow, ResultsStore
+from pdm_bench.tables import NOT_RUN, RowIndex, Table
+from pdm_bench.threat_models.black import BlackBox
+from pdm_bench.threat_models.gray import GrayBox
+from pdm_bench.threat_models.white import WhiteBox
+
+
+# Tables 2-4 are now each threat model's own report table.
+def graybox_table(index: RowIndex) -> Table:
+    return GrayBox().report_tables(index)[0]
+
+
+def whitebox_table(index: RowIndex) -> Table:
+    return WhiteBox().report_tables(index)[0]
+
+
+def blackbox_table(index: RowIndex) -> Table:
+    return BlackBox().report_tables(index)[0]
 
 
 def row(defense: str, threat: str, attack: str, metric: str, value: float, *, seed: int = 0, run: str | None = None,

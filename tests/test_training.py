@@ -16,7 +16,8 @@ from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.defenses.pdm import PDM
 from pdm_bench.errors import UserError
 from pdm_bench.models import ModelSpec, build_model
-from pdm_bench.training import evaluate_accuracy, model_dir, train_or_load
+from pdm_bench.inference import evaluate_accuracy
+from pdm_bench.training import model_dir, train_or_load
 
 CPU = torch.device("cpu")
 

@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from pdm_bench.art_adapter import build_cw_attack, to_art_classifier
+from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
+from pdm_bench.evaluation import Evaluation, sample_indices
 from pdm_bench.kde import GaussianKDE
-from pdm_bench.results import ResultsStore
+from pdm_bench.results import ResultsStore, Threat
+from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.attacks import torch_model
-from pdm_bench.threat_models.common import Evaluation, ThreatModel, fit_detector, sample_indices
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
 from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
@@ -34,20 +36,21 @@ def parts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Any, Any]:
     plan = make_plan("quick", dataset="digits", input_shape=data.input_shape, num_classes=10, epochs=10)
     trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=tmp_path_factory.mktemp("c"),
                             device=CPU, progress=False, log=lambda _: None)
-    return data, trained, fit_detector(trained, data, device=CPU)
+    return data, trained, fit_detector(KDEDetector(), trained.model, data, device=CPU)
 
 
 def evaluation(parts: tuple[Any, Any, Any], directory: Path, n: int = 16, model: Any = None) -> Evaluation:
-    data, trained, kde = parts
+    data, trained, detector = parts
     if model is not None:
         trained = copy.copy(trained)
         object.__setattr__(trained, "model", model)
-    return Evaluation(data, trained, ThreatModel.WHITE, kde, sample_indices(data, n, 0), ResultsStore(directory), CPU, 0,
+    return Evaluation(data, trained, Threat.WHITE.value, detector, sample_indices(data, n, 0), ResultsStore(directory), CPU, 0,
                       log=lambda _: None, chunk_size=10)  # 16 images: two chunks, so every stage is sliced
 
 
 def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, Any, Any]) -> None:
-    data, trained, kde = parts
+    data, trained, detector = parts
+    kde = detector.fitted()
     model = copy.deepcopy(trained.model)
     model.logit_sign.fill_(-1.0)  # an RCE model predicts with -z: the attack must see those logits
     x = torch.as_tensor(data.x_test[:20])
@@ -76,7 +79,8 @@ def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, 
 
 
 def test_an_unreachable_density_returns_the_best_try_not_the_clean_image(parts: tuple[Any, Any, Any]) -> None:
-    data, trained, kde = parts
+    data, trained, detector = parts
+    kde = detector.fitted()
     classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=10, device=CPU)
     x, y = data.x_test[:6], data.y_test[:6]
     targets = (y + 1) % 10

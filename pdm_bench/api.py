@@ -292,7 +292,7 @@ class Study:
                 for s in self.seeds for t in self.threats for d in self.defenses]
         return trainings, runs
 
-    def run(self, *, jobs: int = 1) -> list[Path]:
+    def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
         """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
         from pdm_bench.study import STEP_TIMES, costliest_first, record_step, run_parallel, study_log_dir
 
@@ -315,7 +315,7 @@ class Study:
                 if failed:
                     raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
                                     "fix and rerun the same command to resume")
-        written = report(results_dir)
+        written = report(results_dir, out=out)
         self.log(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
                  f"Each step's time: {study_log_dir(results_dir) / STEP_TIMES}")
         return written

@@ -261,7 +261,7 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
                       n_samples=n_samples, detector=detector, threat_options={k: v for k, v in options.items() if v},
                       results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
                       progress=_progress(progress), log=click.echo)
-    for path in study.run(jobs=jobs):
+    for path in study.run(jobs=jobs, out=out):
         click.echo(f"wrote {path}")
 
 

@@ -34,15 +34,19 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Trained:
-    """A model ready to evaluate: the trained (or wrapped) network and its record, its data set and device."""
+    """A model ready to evaluate: its record (the network, defense, plan, cache key), its data set and device."""
 
     data: Dataset
-    model: TrainedModel
+    record: TrainedModel
     device: torch.device
 
     @property
+    def network(self) -> torch.nn.Module:
+        return self.record.model
+
+    @property
     def test_accuracy(self) -> float:
-        return self.model.test_accuracy
+        return self.record.test_accuracy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,26 +64,50 @@ class Pretrained(Defense):
         raise UserError(f"'{self.label}' is a wrapped pretrained model: pdm-bench does not train it")
 
 
-def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, str] | None = None,
-          preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
-          cache_dir: str | Path | None = None, device: str = "auto", progress: bool = False, log: Log = print,
-          results_dir: str | Path | None = None, geometry: bool = True, command: str = "python: pdm_bench.train") -> Trained:
-    """Train ``defense`` on ``dataset`` (or reuse the cached model of this exact config) and return it. With
-    ``results_dir``, also record its clean accuracy and embedding geometry there (Table 1, Figure 2)."""
-    from pdm_bench.training import train_or_load
+@dataclass(frozen=True)
+class _Config:
+    """A model's config resolved from names (bad values fail here, before any work)."""
 
+    data: Dataset
+    defense: Defense
+    plan: Any  # pdm_bench.config.TrainPlan
+    cache: Path
+    device: torch.device
+
+
+def _resolve(*, dataset: str, defense: str, options: Mapping[str, Any] | None, preset: str, epochs: int | None,
+             seed: int, data_dir: str | Path | None, cache_dir: str | Path | None, device: str) -> _Config:
     torch_device = resolve_device(device)
     chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
     cache = resolve_cache_dir(cache_dir)
     data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
                      seed=seed, epochs=epochs)
+    return _Config(data, chosen, plan, cache, torch_device)
+
+
+def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, Any] | None = None,
+          preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
+          cache_dir: str | Path | None = None, device: str = "auto", progress: bool = False, log: Log = print,
+          results_dir: str | Path | None = None, geometry: bool = True, command: str = "python: pdm_bench.train") -> Trained:
+    """Train ``defense`` on ``dataset`` (or reuse the cached model of this exact config) and return it. With
+    ``results_dir``, also record its clean accuracy and embedding geometry there (Table 1, Figure 2)."""
+    config = _resolve(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+                      data_dir=data_dir, cache_dir=cache_dir, device=device)
+    return _train(config, progress=progress, log=log, results_dir=results_dir, geometry=geometry, command=command)
+
+
+def _train(config: _Config, *, progress: bool, log: Log, results_dir: str | Path | None, geometry: bool,
+           command: str) -> Trained:
+    from pdm_bench.training import train_or_load
+
+    data, chosen, plan, torch_device, seed = config.data, config.defense, config.plan, config.device, config.plan.seed
     log(f"Dataset {data.name}: {len(data.y_train)} train / {len(data.y_test)} test images, "
         f"{'x'.join(map(str, data.input_shape))}, {data.num_classes} classes")
     log(f"Defense {chosen.name} {chosen.options() or ''}".rstrip()
         + f"; preset {plan.preset}: ResNet-{plan.model.depth}, {plan.epochs} epochs, seed {seed}, device {torch_device}")
     started = time.perf_counter()
-    result = train_or_load(dataset=data, defense=chosen, plan=plan, cache_dir=cache, device=torch_device,
+    result = train_or_load(dataset=data, defense=chosen, plan=plan, cache_dir=config.cache, device=torch_device,
                            progress=progress, log=log)
     verb = "reused" if result.from_cache else f"trained in {time.perf_counter() - started:.1f} s"
     log(f"Clean test accuracy: {100 * result.test_accuracy:.2f}% "
@@ -91,23 +119,19 @@ def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str
     return trained
 
 
-def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, str] | None = None,
+def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, Any] | None = None,
          preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
          cache_dir: str | Path | None = None, device: str = "auto", log: Log = print) -> Trained:
     """The cached model of this config, as :func:`train` returns it; never trains (a one-line error if absent)."""
     from pdm_bench.training import model_dir
 
-    cache = resolve_cache_dir(cache_dir)
-    data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
-    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
-    plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                     seed=seed, epochs=epochs)
-    run_dir, _, _ = model_dir(cache, data, chosen, plan)
+    config = _resolve(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+                      data_dir=data_dir, cache_dir=cache_dir, device=device)
+    run_dir, _, _ = model_dir(config.cache, config.data, config.defense, config.plan)
     if not (run_dir / "model.pt").exists():
-        raise UserError(f"No trained {defense} model for this config in {cache}: train it first "
+        raise UserError(f"No trained {defense} model for this config in {config.cache}: train it first "
                         f"(pdm_bench.train(...) or pdm-bench train --dataset {dataset} --defense {defense})")
-    return train(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
-                 data_dir=data_dir, cache_dir=cache_dir, device=device, log=log)
+    return _train(config, progress=False, log=log, results_dir=None, geometry=False, command="python: pdm_bench.load")
 
 
 def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits: bool = False, name: str = "pretrained",
@@ -129,8 +153,8 @@ def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes, seed=seed)
     key = model_fingerprint(model)
     accuracy = evaluate_accuracy(model, data.x_test, data.y_test, device=torch_device)
-    record = TrainedModel(model, Pretrained(label=name), plan, key, cache / "models" / f"{name}-{key}", accuracy, True, [])  # type: ignore[arg-type]
-    return Trained(data, record, torch_device)
+    entry = TrainedModel(model, Pretrained(label=name), plan, key, cache / "models" / f"{name}-{key}", accuracy, True, [])  # type: ignore[arg-type]
+    return Trained(data, entry, torch_device)
 
 
 def make_detector(name: str = "kde", options: Mapping[str, Any] | None = None) -> Detector:
@@ -143,8 +167,15 @@ def make_detector(name: str = "kde", options: Mapping[str, Any] | None = None) -
 
 def make_threat(name: str, options: Mapping[str, Any] | None = None) -> ThreatModel:
     """A threat model by registry name, with its options validated."""
-    values = {k: (",".join(v) if k == "attacks" and isinstance(v, (list, tuple)) else v) for k, v in (options or {}).items()}
-    return threat_model_registry().get(name).from_options(values)  # type: ignore[no-any-return]
+    return threat_model_registry().get(name).from_options(dict(options or {}))  # type: ignore[no-any-return]
+
+
+def check_results_dir(results_dir: str | Path) -> Path:
+    """Refuse a foreign or malformed results file before any work."""
+    from pdm_bench.results import ResultsStore
+
+    ResultsStore(results_dir).rows()
+    return Path(results_dir)
 
 
 def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: str | Detector = "kde",
@@ -154,22 +185,12 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
     """Evaluate ``trained`` under ``threat`` (a name, with ``threat_options``, or a built threat model) against
     ``detector``; the rows are appended to ``results_dir/results.csv`` and this run's rows are returned. Attacks
     already finished in that directory are reused."""
-    prepared = prepare_evaluation(threat=threat, detector=detector, results_dir=results_dir, options=threat_options)
-    return run_evaluation(trained, *prepared, n_samples=n_samples, geometry=geometry, progress=progress, log=log,
-                          command=command)[0]
-
-
-def prepare_evaluation(*, threat: str | ThreatModel, detector: str | Detector, results_dir: str | Path,
-                       options: Mapping[str, Any]) -> tuple[ThreatModel, Detector, Path]:
-    """Validate everything before any work: the threat model and its options, the detector, the results file."""
-    from pdm_bench.results import ResultsStore
-
-    threat_model = make_threat(threat, options) if isinstance(threat, str) else threat
-    if options and not isinstance(threat, str):
+    if threat_options and not isinstance(threat, str):
         raise UserError("give threat options either to the built threat model or as keywords, not both")
+    threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
     chosen = make_detector(detector) if isinstance(detector, str) else detector
-    ResultsStore(results_dir).rows()  # refuse a foreign or malformed results file
-    return threat_model, chosen, Path(results_dir)
+    return run_evaluation(trained, threat_model, chosen, check_results_dir(results_dir), n_samples=n_samples,
+                          geometry=geometry, progress=progress, log=log, command=command)[0]
 
 
 def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, results_dir: Path, *,
@@ -180,7 +201,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
     from pdm_bench.evaluation import Evaluation, sample_indices
     from pdm_bench.results import ResultsStore
 
-    data, model, device = trained.data, trained.model, trained.device
+    data, model, device = trained.data, trained.record, trained.device
     indices = sample_indices(data, n_samples, model.plan.seed, default=get_preset(model.plan.preset).attack_samples)
     fit_detector(detector, model.model, data, device=device, seed=model.plan.seed)
     log(detector.summary())
@@ -206,7 +227,7 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
     from pdm_bench.records import record_model, record_run
     from pdm_bench.results import ResultsStore
 
-    data, model, device = trained.data, trained.model, trained.device
+    data, model, device = trained.data, trained.record, trained.device
     store = ResultsStore(results_dir)
     record_model(store, data, model, device=device, geometry=geometry, log=log)
     for run_id in sorted(run_ids or {model.key}):
@@ -253,20 +274,17 @@ class Study:
 
     def __post_init__(self) -> None:
         """Check every name and option now, before any training."""
-        from pdm_bench.study import parse_seeds
+        from pdm_bench.study import check_defenses, check_seeds
 
-        registry = defense_registry()
-        for name in [*self.defenses, *self.train_only]:
-            registry.get(name)
         if not self.defenses:
             raise UserError("a study needs at least one defense to evaluate (--defenses), got none")
-        if len(set(self.defenses)) != len(self.defenses) or len(set(self.train_only)) != len(self.train_only):
-            raise UserError("--defenses / --train-only name a defense twice")
+        check_defenses("--defenses", self.defenses)
+        check_defenses("--train-only", self.train_only)
         if both := sorted(set(self.defenses) & set(self.train_only)):
             raise UserError(f"--train-only repeats {', '.join(both)} from --defenses (those are trained anyway)")
         if not self.threats or len(set(self.threats)) != len(self.threats):
             raise UserError(f"--threats must name distinct threat models, got {','.join(self.threats) or 'none'}")
-        parse_seeds(",".join(map(str, self.seeds)))
+        self.seeds = check_seeds(self.seeds)
         if self.n_samples is not None and self.n_samples <= 0:
             raise UserError(f"--n-samples must be a positive number of test images, got {self.n_samples}")
         if unknown := sorted(set(self.threat_options) - set(self.threats)):
@@ -329,10 +347,13 @@ class Study:
         return argv
 
     def _run_argv(self, threat: str) -> list[str]:
+        """The detector, N, and each option of the threat model that differs from its default (as validated)."""
         argv = ["--detector", self.detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
-        for name, value in self.threat_options.get(threat, {}).items():
-            text = ",".join(value) if isinstance(value, (list, tuple)) else str(value)
-            argv += ["-t", f"{name}={text}"]
+        params = self.threat_models[threat].params
+        defaults = type(params)()
+        for name, value in params.as_dict().items():
+            if value != getattr(defaults, name):
+                argv += ["-t", f"{name}={value}"]
         return argv
 
     def _train(self, defense: str, seed: int) -> Trained:

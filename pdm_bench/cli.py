@@ -102,31 +102,47 @@ GEOMETRY_OPTION = click.option(
 def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
     """Train a defense (or reuse its cached model) and print its clean test accuracy."""
     if results_dir is not None:
-        from pdm_bench.results import ResultsStore
+        from pdm_bench.api import check_results_dir
 
-        ResultsStore(results_dir).rows()  # refuse a foreign or malformed results file before any work
+        check_results_dir(results_dir)
     _train(results_dir=results_dir, geometry=geometry, **options)
 
 
 # The built-in threat models' own flags (each class's ``flags`` says which apply to it); None = not given.
+THREAT_FLAG_SPECS: dict[str, dict[str, Any]] = {
+    "--attacks": {"help": "gray: comma-separated attacks, e.g. fgsm-0.05,cw (default: all seven)."},
+    "--attack-backend": {"type": click.Choice(["torch", "art"]),
+                         "help": "gray: torch (our fast C&W/JSMA ports, default) or art (ART's originals)."},
+    "--targeted/--untargeted": {"help": "gray: seeded random targets (Pang's code); default untargeted."},
+    "--resiliency/--no-resiliency": {"help": "gray: accuracy under FGSM/BIM over an eps grid [on]."},
+    "--cw-iterations": {"type": int, "help": "white/black: C&W-wb Adam steps (one fixed budget)."},
+    "--cw-search-steps": {"type": int, "help": "white/black: binary-search steps (one fixed budget)."},
+    "--cw-initial-const": {"type": float, "help": "white/black: first constant c (one fixed budget)."},
+    "--cw-learning-rate": {"type": float, "help": "white/black: Adam step size (one fixed budget)."},
+    "--wb-kde-points": {"type": int, "help": "white/black: kernel points per class of the attacker's KDE [100]."},
+    "--wb-threshold": {"type": click.Choice(["median", "clean"]),
+                       "help": "white/black: density to reach: the target class's median (Pang) or the clean image's (Carlini)."},
+    "--proxy-depth": {"type": int, "help": "black: the proxy ResNet's depth 6n+2 [quick 8, paper 32]."},
+    "--proxy-epochs": {"type": int, "help": "black: distillation epochs [the target's]."},
+}
 THREAT_FLAGS = [
-    click.option("--attacks", default=None, help="gray: comma-separated attacks, e.g. fgsm-0.05,cw (default: all seven)."),
-    click.option("--attack-backend", type=click.Choice(["torch", "art"]), default=None,
-                 help="gray: torch (our fast C&W/JSMA ports, default) or art (ART's originals)."),
-    click.option("--targeted/--untargeted", default=None, help="gray: seeded random targets (Pang's code); default untargeted."),
-    click.option("--resiliency/--no-resiliency", default=None, help="gray: accuracy under FGSM/BIM over an eps grid [on]."),
-    click.option("--cw-iterations", type=int, default=None, help="white/black: C&W-wb Adam steps (one fixed budget)."),
-    click.option("--cw-search-steps", type=int, default=None, help="white/black: binary-search steps (one fixed budget)."),
-    click.option("--cw-initial-const", type=float, default=None, help="white/black: first constant c (one fixed budget)."),
-    click.option("--cw-learning-rate", type=float, default=None, help="white/black: Adam step size (one fixed budget)."),
-    click.option("--wb-kde-points", type=int, default=None, help="white/black: kernel points per class of the attacker's KDE [100]."),
-    click.option("--wb-threshold", type=click.Choice(["median", "clean"]), default=None,
-                 help="white/black: density to reach: the target class's median (Pang) or the clean image's (Carlini)."),
-    click.option("--proxy-depth", type=int, default=None, help="black: the proxy ResNet's depth 6n+2 [quick 8, paper 32]."),
-    click.option("--proxy-epochs", type=int, default=None, help="black: distillation epochs [the target's]."),
+    *(click.option(decl, default=None, **spec) for decl, spec in THREAT_FLAG_SPECS.items()),
     click.option("--threat-option", "-t", "threat_option_pairs", multiple=True, metavar="NAME=VALUE",
                  help="Any option of the threat model (repeatable); `pdm-bench list` shows them."),
 ]
+
+
+def _pop_threat_flags(options: dict[str, Any]) -> dict[str, Any]:
+    """Take the threat flags out of a command's keyword arguments: ``{"--attacks": "cw", ...}`` for those given."""
+    given = {}
+    for decl in THREAT_FLAG_SPECS:
+        flag = decl.split("/")[0]
+        value = options.pop(flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            given[flag] = value
+    return given
+
+
 DETECTOR_FLAGS = [
     click.option("--detector", default="kde", show_default=True, help="A detector name; `pdm-bench list` shows them all."),
     click.option("--detector-option", "detector_option_pairs", multiple=True, metavar="NAME=VALUE",
@@ -134,11 +150,6 @@ DETECTOR_FLAGS = [
     click.option("--bandwidth", type=float, default=None, help="kde: fixed bandwidth [chosen on clean training embeddings]."),
     click.option("--kde-points", type=click.IntRange(min=1), default=None, help="kde: kernel points per class [1000]."),
 ]
-
-
-def _flag_values(values: dict[str, Any]) -> dict[str, Any]:
-    """``{"--attacks": "cw", ...}`` for the threat flags given (click's parameter names back to flags)."""
-    return {f"--{key.replace('_', '-')}": value for key, value in values.items() if value is not None}
 
 
 def threat_options(name: str, given: dict[str, Any], pairs: Sequence[str], *, strict: bool) -> dict[str, Any]:
@@ -187,16 +198,13 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
     from pdm_bench import api
 
-    given = _flag_values({k: options.pop(k.replace("-", "_")) for k in
-                          ("attacks", "attack_backend", "targeted", "resiliency", "cw_iterations", "cw_search_steps",
-                           "cw_initial_const", "cw_learning_rate", "wb_kde_points", "wb_threshold", "proxy_depth",
-                           "proxy_epochs")})
-    prepared = api.prepare_evaluation(threat=api.make_threat(threat, threat_options(threat, given, threat_option_pairs, strict=True)),
-                                      detector=detector_choice(detector, detector_option_pairs, bandwidth, kde_points),
-                                      results_dir=results_dir, options={})
+    threat_model = api.make_threat(threat, threat_options(threat, _pop_threat_flags(options), threat_option_pairs,
+                                                          strict=True))
+    chosen = detector_choice(detector, detector_option_pairs, bandwidth, kde_points)
+    api.check_results_dir(results_dir)
     trained = _train(**options)
-    api.run_evaluation(trained, *prepared, n_samples=n_samples, geometry=geometry, progress=_progress(options["progress"]),
-                       log=click.echo, command=_command_line())
+    api.run_evaluation(trained, threat_model, chosen, results_dir, n_samples=n_samples, geometry=geometry,
+                       progress=_progress(options["progress"]), log=click.echo, command=_command_line())
 
 
 @cli.command()
@@ -243,19 +251,18 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     from pdm_bench import api
     from pdm_bench.study import parse_seeds
 
-    chosen = [t.strip() for t in threats.split(",") if t.strip()]
+    chosen = _names(threats)
     registry = threat_model_registry()
     for name in chosen:
         registry.get(name)
     if detector_option_pairs or bandwidth is not None or kde_points is not None:
         raise UserError("paper runs each detector with its default options; set them per run with `pdm-bench run`")
-    given = _flag_values(flags)
-    options = {name: threat_options(name, given, threat_option_pairs if len(chosen) == 1 else (), strict=False)
-               for name in chosen}
     if threat_option_pairs and len(chosen) != 1:
         raise UserError("-t/--threat-option needs exactly one threat model in --threats (options differ between them)")
+    given = _pop_threat_flags(flags)
     if unused := sorted(f for f in given if not any(f in registry.get(n).flags for n in chosen)):
         raise UserError(f"{', '.join(unused)} applies to none of --threats {threats}")
+    options = {name: threat_options(name, given, threat_option_pairs, strict=False) for name in chosen}
     study = api.Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
                       seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
                       n_samples=n_samples, detector=detector, threat_options={k: v for k, v in options.items() if v},

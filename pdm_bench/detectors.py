@@ -10,7 +10,7 @@ against it. Register one through the entry-point group ``pdm_bench.detectors``.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -52,8 +52,6 @@ class Detector(ABC):
 
     def run_key(self) -> dict[str, Any]:
         """What identifies the fitted detector in a run's id."""
-        from dataclasses import asdict
-
         return {"detector": self.name, "detector_options": asdict(self)}
 
     def fitted_values(self) -> dict[str, float]:

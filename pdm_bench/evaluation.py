@@ -54,15 +54,18 @@ class Evaluation:
     chunk_size: int = 200
     progress: bool = False
 
+    def __post_init__(self) -> None:
+        self.threat = getattr(self.threat, "value", self.threat)  # a Threat member names its value, as a plugin's name
+
     @property
     def run_id(self) -> str:
         """Same model, threat, samples, detector and settings -> same id, so a rerun skips finished attacks."""
-        return config_key({"model": self.trained.key, "threat": str(self.threat), "samples": self.indices.tolist(),
+        return config_key({"model": self.trained.key, "threat": self.threat, "samples": self.indices.tolist(),
                            **self.detector.run_key(), "seed": self.seed, **self.settings})
 
     def row(self, attack: str, metric: str, value: float, n: int) -> ResultRow:
         plan = self.trained.plan
-        return ResultRow(self.dataset.name, plan.preset, plan.seed, self.trained.defense.name, str(self.threat),
+        return ResultRow(self.dataset.name, plan.preset, plan.seed, self.trained.defense.name, self.threat,
                          attack, metric, float(value), int(n), self.run_id, now(), self.detector.name)
 
     def score(self, model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

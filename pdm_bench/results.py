@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, fields
 from enum import Enum
 from pathlib import Path
+from typing import NamedTuple
 
 from pdm_bench.errors import UserError
 from pdm_bench.storage import atomic_write_text, file_lock
@@ -103,21 +103,23 @@ class ResultsStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / RESULTS_FILE
-        self._cache: tuple[tuple[int, int], list[ResultRow]] | None = None
+        self._cache: tuple[tuple[int, int], _Parsed] | None = None
 
     def rows(self) -> list[ResultRow]:
         """All rows (re-read only when the file changed); a foreign or malformed file is a :class:`UserError`."""
+        return self._load().rows
+
+    def _load(self) -> _Parsed:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return []
+            return _Parsed((), [], "")
         except OSError as error:
             raise UserError(f"Cannot read results file {self.path}: {error.strerror or error}") from None
-        if self._cache is not None and self._cache[0] == (stat.st_mtime_ns, stat.st_size):
-            return self._cache[1]
-        rows = list(_parse(self._read_text(), self.path)[1])
-        self._cache = ((stat.st_mtime_ns, stat.st_size), rows)
-        return rows
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if self._cache is None or self._cache[0] != stamp:
+            self._cache = (stamp, _parse(self._read_text(), self.path))
+        return self._cache[1]
 
     def run_rows(self, run_id: str) -> list[ResultRow]:
         return [r for r in self.rows() if r.run_id == run_id]
@@ -164,29 +166,27 @@ class ResultsStore:
         return True
 
     def _prepare(self, new: list[ResultRow]) -> tuple[str, ...] | None:
-        """The header of the file rows will be appended to (None: no file yet). Drops a torn last line; upgrades a
-        file without the detector column (once, atomically) when a row needs it."""
-        if not self.path.exists():
+        """The header of the file rows will be appended to (None: no file yet). Ends an unfinished last line (drops
+        a torn one; closes a complete row written without its newline); upgrades a file without the detector column
+        (once, atomically) when a row needs it."""
+        parsed = self._load()  # a malformed file is refused here, before writing
+        if not parsed.header:
             return None
-        text = self._read_text()
-        header, rows = _parse(text, self.path)
-        parsed = list(rows)  # refuse a malformed file before writing
-        if text and not text.endswith("\n"):
+        if parsed.tail == "torn":
             raw = self.path.read_bytes()
             with open(self.path, "r+b") as handle:
-                if len(parsed) + 2 == len(text.splitlines()):
-                    handle.truncate(raw.rfind(b"\n") + 1)  # a torn last line
-                else:
-                    handle.seek(0, os.SEEK_END)
-                    handle.write(b"\n")  # a complete last row without its newline (edited by hand)
-        if header == LEGACY_COLUMNS and any(r.detector != DEFAULT_DETECTOR for r in new):
+                handle.truncate(raw.rfind(b"\n") + 1)
+        elif parsed.tail == "open":
+            with open(self.path, "ab") as handle:
+                handle.write(b"\n")
+        if parsed.header == LEGACY_COLUMNS and any(r.detector != DEFAULT_DETECTOR for r in new):
             buffer = io.StringIO()
             writer = csv.writer(buffer, lineterminator="\n")
             writer.writerow(COLUMNS)
-            writer.writerows(astuple(r) for r in parsed)
+            writer.writerows(astuple(r) for r in parsed.rows)
             atomic_write_text(self.path, buffer.getvalue())
             return COLUMNS
-        return header or None
+        return parsed.header
 
     def _read_text(self) -> str:
         try:
@@ -195,26 +195,32 @@ class ResultsStore:
             raise UserError(f"Cannot read results file {self.path}: {error}") from None
 
 
-def _parse(text: str, path: Path) -> tuple[tuple[str, ...], Iterator[ResultRow]]:
+class _Parsed(NamedTuple):
+    header: tuple[str, ...]
+    rows: list[ResultRow]
+    tail: str  # "": the file ends with a newline; "torn": a cut last line (left out); "open": a last row without one
+
+
+def _parse(text: str, path: Path) -> _Parsed:
     lines = text.splitlines(keepends=True)
     header = tuple(next(csv.reader(lines[:1]), ()))
-    if len(lines) > 1 and not lines[-1].endswith("\n") and len(next(csv.reader(lines[-1:]), ())) != len(header):
-        lines = lines[:-1]  # a torn last line: the write that made it did not finish
-    reader = csv.reader(lines[1:])
     if header and header not in (COLUMNS, LEGACY_COLUMNS):
         raise UserError(f"{path} is not a pdm-bench results file (expected columns {','.join(COLUMNS)}, got "
                         f"{','.join(header)[:120]}); use another --results-dir")
-
-    def rows() -> Iterator[ResultRow]:
-        for number, record in enumerate(reader, start=2):
-            try:
-                if len(record) != len(header):
-                    raise ValueError(f"expected {len(header)} fields, got {len(record)}")
-                values = dict(zip(header, record))
-                yield ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
-                                   "n": int(values["n"])})
-            except ValueError as error:
-                raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never "
-                                "overwritten") from None
-
-    return header, rows()
+    tail = ""
+    if len(lines) > 1 and not lines[-1].endswith("\n"):
+        tail = "open" if len(next(csv.reader(lines[-1:]), ())) == len(header) else "torn"
+        if tail == "torn":
+            lines = lines[:-1]  # the write that made it did not finish
+    rows = []
+    for number, record in enumerate(csv.reader(lines[1:]), start=2):
+        try:
+            if len(record) != len(header):
+                raise ValueError(f"expected {len(header)} fields, got {len(record)}")
+            values = dict(zip(header, record))
+            rows.append(ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
+                                     "n": int(values["n"])}))
+        except ValueError as error:
+            raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never "
+                            "overwritten") from None
+    return _Parsed(header, rows, tail)

@@ -112,15 +112,21 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else "(no output)"
 
 
-def defense_list(option: str, value: str) -> list[str]:
-    """Comma-separated defense names, each checked against the registry (built-ins and plugins)."""
-    names = [name.strip() for name in value.split(",") if name.strip()]
+def check_defenses(option: str, names: Sequence[str]) -> None:
+    """Each name is a registered defense (built-in or plugin; did-you-mean otherwise), none twice."""
     registry = defense_registry()
     for name in names:
         registry.get(name)  # an unknown name fails now, with did-you-mean, before any training
     if len(set(names)) != len(names):
-        raise UserError(f"{option} names a defense twice, got '{value}'")
-    return names
+        raise UserError(f"{option} names a defense twice, got '{','.join(names)}'")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """Distinct non-negative integers, at least one."""
+    seeds = list(seeds)
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds expects distinct non-negative integers, e.g. 0,1,2, got '{','.join(map(str, seeds))}'")
+    return seeds
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -129,6 +135,4 @@ def parse_seeds(text: str) -> list[int]:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
         raise UserError(f"--seeds expects comma-separated non-negative integers, e.g. 0,1,2, got '{text}'") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds expects distinct non-negative integers, e.g. 0,1,2, got '{text}'")
-    return seeds
+    return check_seeds(seeds)

@@ -17,7 +17,6 @@ from pdm_bench.results import DEFAULT_DETECTOR, ResultRow, Threat
 
 BUILT_IN_ORDER = ("baseline", "rce", "siamese_rvl", "pdm")
 
-WB = "cw-wb"
 NOT_RUN = "not run"
 NO_PAIRS = "no pairs"  # measured, but the attack succeeded on no image (an AUC or distortion of nothing)
 COUNT_NOTES = frozenset({"pairs", "budget rung", "criterion met"})  # whole numbers; every other note is a rate
@@ -149,15 +148,15 @@ def mark_best(table: Table, *, higher_is_better: bool = True) -> None:
                     table.cells[(row, c)] = replace(old, best=True)
 
 
-def per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, metric: str, interval: bool,
+def per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, attack: str, metric: str, interval: bool,
                        notes: tuple[tuple[str, str, str], ...], flag: str = "criterion not met") -> Table:
-    """Dataset rows x defense columns of one metric of C&W-wb; cells whose criterion failed are flagged."""
+    """Dataset rows x defense columns of one metric of ``attack``; cells whose criterion failed are flagged."""
     defenses = index.evaluated()
     blocks = index.blocks
     cells = {}
     for dataset, preset in blocks:
         for defense in defenses:
-            cell = index.cell(dataset, preset, defense, threat, WB, metric, interval=interval, notes=notes)
+            cell = index.cell(dataset, preset, defense, threat, attack, metric, interval=interval, notes=notes)
             if cell.value is not None and cell.notes.get("criterion met", 1.0) < 1.0:
                 cell = replace(cell, flag=flag)
             cells[(block_name(dataset, preset), ("", defense))] = cell

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pdm_bench.records import read_tsne
-from pdm_bench.tables import WB, RowIndex, block_name
+from pdm_bench.results import Attack
+from pdm_bench.tables import RowIndex, block_name
 
 RESILIENCY_EPS = tuple(round(0.01 * k, 2) for k in range(1, 11))
 _FLOW = re.compile(r"^flow_(\d+)_(\d+)$")
@@ -175,8 +176,8 @@ def distortion_figure(index: RowIndex, directory: Path, dataset: str, preset: st
     plt = _pyplot()
     series = []
     for defense in index.defenses(dataset, preset, "white"):
-        runs = index.chosen_runs(dataset, preset, defense, "white", WB, "distortion")
-        files = sorted((directory / "distortions").glob(f"*-{WB}-{runs[0]}.npy")) if runs else []
+        runs = index.chosen_runs(dataset, preset, defense, "white", Attack.CW_WB.value, "distortion")
+        files = sorted((directory / "distortions").glob(f"*-{Attack.CW_WB.value}-{runs[0]}.npy")) if runs else []
         if files:
             try:
                 values = np.load(files[0])

@@ -71,8 +71,8 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
 
 
 def report_threat_models(rows: list[Any]) -> list[Any]:
-    """The threat models whose tables the report has: the registry's, in its order (a plugin's only if it has rows;
-    a broken plugin's rows are left out of the tables, and said so on stderr by the registry's BROKEN status)."""
+    """The threat models whose tables the report has: the built-ins, then each plugin with rows here, in the
+    registry's order (a plugin that fails to load has no table; `pdm-bench list` shows it as BROKEN)."""
     registry = threat_model_registry()
     measured = {r.threat for r in rows}
     chosen = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,3 +40,29 @@ def cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.
         return CliResult(code, captured.out, captured.err)
 
     return invoke
+
+
+FakeDist = Callable[[Path, str, "dict[str, str | Path]", "dict[str, dict[str, str]]"], None]
+
+
+def install_fake_dist(site: Path, dist: str, modules: dict[str, str | Path], groups: dict[str, dict[str, str]]) -> None:
+    """Write what ``pip install`` would: the modules (a source text or a file to copy) and
+    ``<dist>-0.1.0.dist-info`` with METADATA and ``entry_points.txt`` (group -> {name: target})."""
+    site.mkdir(parents=True, exist_ok=True)
+    for name, source in modules.items():
+        if isinstance(source, Path):
+            shutil.copy(source, site / name)
+        else:
+            (site / name).write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
+        for group, points in groups.items()))
+
+
+@pytest.fixture
+def fake_dist() -> FakeDist:
+    """:func:`install_fake_dist` (test modules cannot import conftest under --import-mode=importlib)."""
+    return install_fake_dist

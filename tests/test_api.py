@@ -41,7 +41,7 @@ def test_readme_python_block_runs_as_written(tmp_path: Path, monkeypatch: pytest
 def test_wrapped_network_is_evaluated_like_a_trained_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cache = tmp_path / "cache"
     trained = pb.train(dataset="digits", defense="baseline", epochs=2, cache_dir=cache, log=lambda _: None)
-    network = trained.model.model  # our ResNet: a user network whose embedding is the module 'embedding'
+    network = trained.network  # our ResNet: a user network whose embedding is the module 'embedding'
     mine = pb.wrap(network, embedding="pool", dataset="digits", name="mine", cache_dir=cache)
     assert mine.test_accuracy == pytest.approx(trained.test_accuracy)
     rows = pb.evaluate(mine, threat="gray", attacks=["fgsm-0.1"], n_samples=30, resiliency=False,

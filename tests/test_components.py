@@ -4,7 +4,6 @@ plugin detector (nearest class mean, defined here) through the CLI, the study an
 from __future__ import annotations
 
 import csv
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,28 +39,12 @@ class NearestMean(Detector):
 '''
 
 
-def install(site: Path, dist: str, modules: dict[str, str | Path], groups: dict[str, dict[str, str]]) -> None:
-    """What ``pip install`` leaves: the modules and ``<dist>-0.1.0.dist-info`` with its entry points."""
-    site.mkdir(parents=True, exist_ok=True)
-    for name, source in modules.items():
-        if isinstance(source, Path):
-            shutil.copy(source, site / name)
-        else:
-            (site / name).write_text(source)
-    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
-    (info / "entry_points.txt").write_text("".join(
-        f"[{group}]\n" + "".join(f"{name} = {target}\n" for name, target in points.items())
-        for group, points in groups.items()))
-
-
 @pytest.fixture
-def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_dist: Callable[..., None]) -> Path:
     site = tmp_path / "site"
-    install(site, "pdm-noise-threat", {"pdm_noise_threat.py": NOISE},
+    fake_dist(site, "pdm-noise-threat", {"pdm_noise_threat.py": NOISE},
             {"pdm_bench.threat_models": {"noise": "pdm_noise_threat:UniformNoise"}})
-    install(site, "pdm-nearest-mean", {"pdm_nearest_mean.py": NEAREST_MEAN},
+    fake_dist(site, "pdm-nearest-mean", {"pdm_nearest_mean.py": NEAREST_MEAN},
             {"pdm_bench.detectors": {"nearest_mean": "pdm_nearest_mean:NearestMean"}})
     monkeypatch.syspath_prepend(str(site))
     return site

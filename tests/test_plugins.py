@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,28 +15,13 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "label_smoothing_pl
 CliResult = Any  # conftest.CliResult (conftest is not importable under --import-mode=importlib)
 
 
-def install_fake_dist(site: Path, dist: str, module_files: dict[str, str | Path], entry_points: dict[str, str]) -> None:
-    """Write what ``pip install`` would: modules plus ``<dist>-0.1.0.dist-info`` with METADATA and entry_points.txt."""
-    site.mkdir(parents=True, exist_ok=True)
-    for name, source in module_files.items():
-        if isinstance(source, Path):
-            shutil.copy(source, site / name)
-        else:
-            (site / name).write_text(source)
-    info = site / f"{dist.replace('-', '_')}-0.1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1.0\n")
-    lines = "".join(f"{name} = {target}\n" for name, target in entry_points.items())
-    (info / "entry_points.txt").write_text(f"[pdm_bench.defenses]\n{lines}")
-
-
 @pytest.fixture
-def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def plugin_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_dist: Callable[..., None]) -> Path:
     site = tmp_path / "site"
-    install_fake_dist(site, "pdm-label-smoothing", {"pdm_label_smoothing.py": EXAMPLE},
-                      {"label_smoothing": "pdm_label_smoothing:LabelSmoothing"})
-    install_fake_dist(site, "pdm-broken", {"pdm_broken_plugin.py": "import no_such_dependency_xyz\n"},
-                      {"broken": "pdm_broken_plugin:Broken", "pdm": "pdm_broken_plugin:Shadow"})
+    fake_dist(site, "pdm-label-smoothing", {"pdm_label_smoothing.py": EXAMPLE},
+              {"pdm_bench.defenses": {"label_smoothing": "pdm_label_smoothing:LabelSmoothing"}})
+    fake_dist(site, "pdm-broken", {"pdm_broken_plugin.py": "import no_such_dependency_xyz\n"},
+              {"pdm_bench.defenses": {"broken": "pdm_broken_plugin:Broken", "pdm": "pdm_broken_plugin:Shadow"}})
     monkeypatch.syspath_prepend(str(site))
     return site
 
@@ -77,9 +61,10 @@ def test_registry_did_you_mean_and_fresh_instances() -> None:
         other.register("x", "pdm_bench.defenses.rce:ReverseCrossEntropy")
 
 
-def test_plugin_with_a_wrong_class_is_rejected_on_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    install_fake_dist(tmp_path, "pdm-wrong", {"pdm_wrong.py": "class NotADefense:\n    pass\n"},
-                      {"wrong": "pdm_wrong:NotADefense"})
+def test_plugin_with_a_wrong_class_is_rejected_on_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      fake_dist: Callable[..., None]) -> None:
+    fake_dist(tmp_path, "pdm-wrong", {"pdm_wrong.py": "class NotADefense:\n    pass\n"},
+              {"pdm_bench.defenses": {"wrong": "pdm_wrong:NotADefense"}})
     monkeypatch.syspath_prepend(str(tmp_path))
     with pytest.raises(UserError, match="expected a subclass of pdm_bench.defenses.base.Defense"):
         defense_registry().get("wrong")

@@ -10,7 +10,7 @@ seeds, which ART's ``extract`` cannot pass), fits its own KDE on the proxy's emb
 The proxy trains with the target's optimiser and schedule (its ``TrainPlan`` with the proxy's depth), without
 crop/flip augmentation (the soft labels are the victim's answers on those exact inputs), and is cached like a trained
 model under ``<cache>/proxies/`` keyed by the target's key and the proxy's plan. A distillation killed halfway
-starts over (ART's ``fit`` has no checkpoints).
+resumes after its last finished epoch. The target's detector can be any: it only judges the transferred images.
 """
 
 from __future__ import annotations
@@ -164,15 +164,16 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
         return ev.results.run_rows(ev.run_id)
     attacked_kde(ev, "black")  # the target's detector must be one C&W-wb supports
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
-    own_kde = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
-    attack = WhiteAttack(model=proxy.model, kde=own_kde.fitted(), kde_points=kde_points, seed=ev.seed, threshold=threshold,
+    own = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
+    own_kde = own.fitted()
+    attack = WhiteAttack(model=proxy.model, kde=own_kde, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
                          batch_size=batch_size)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
-    proxy_clean = (proxy_pred.numpy(), own_kde.score(embeddings, proxy_pred).numpy())
+    proxy_clean = (proxy_pred.numpy(), own_kde.log_density(embeddings, proxy_pred).numpy())
     targets = attack_targets(y, data.num_classes, ev.seed)
-    ev.log(f"{WB}: attacking the proxy on {len(y)} images (own KDE bandwidth {own_kde.fitted().bandwidth:.4g}) ...")
-    search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets, judge=(proxy.model, own_kde),
+    ev.log(f"{WB}: attacking the proxy on {len(y)} images (own KDE bandwidth {own_kde.bandwidth:.4g}) ...")
+    search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets, judge=(proxy.model, own),
                            clean=proxy_clean, name=f"proxy-{WB}", cache={"proxy": proxy.key})
     final = search.final
     on_target = {name: judge_images(ev, (ev.trained.model, ev.detector), x, y, s.x_adv, clean_pred, clean_score, s.seconds)
@@ -187,10 +188,10 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
              ev.row(WB, "proxy_success_rate", final.wb.success, int((proxy_clean[0] == y).sum())),
              ev.row(WB, "proxy_distortion", mean_or_nan(final.wb.distortion), len(final.wb.keep)),
              ev.row(WB, "proxy_seconds", proxy.seconds, len(data.x_train)),
-             ev.row(WB, "attacker_bandwidth", own_kde.fitted().bandwidth, len(y)),
+             ev.row(WB, "attacker_bandwidth", own_kde.bandwidth, len(y)),
              ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
     ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
-                       *[r for r in main if r.metric != "auc"], *[r for r in main if r.metric == "auc"]],
+                       *main],
                       completes=WB, legacy=(WB, "auc"))
     return ev.results.run_rows(ev.run_id)
 
@@ -253,7 +254,7 @@ class BlackBox(ThreatModel):
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [per_dataset_table(
             index, key="table4_blackbox_auc", title="Table 4: detection AUC under the black-box threat model",
-            threat=self.name, metric="auc", interval=True, flag="criterion not met on the proxy",
+            threat=self.name, attack=WB, metric="auc", interval=True, flag="criterion not met on the proxy",
             notes=(("transfer success", WB, "success_rate"), ("pairs", WB, "pairs_kept"),
                    ("proxy agreement", WB, "proxy_agreement"), ("criterion met", WB, "criterion_met"),
                    ("budget rung", WB, "budget_rung")))]

@@ -7,6 +7,7 @@ Resiliency (Figure 3): accuracy under FGSM and BIM over an eps grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -29,13 +30,15 @@ GRAY_ORDER = tuple(GRAY_ATTACKS)
 class GrayParams(ThreatParams):
     """``attacks``: comma-separated names ('' or None: all seven); ``backend``: our torch ports of C&W/JSMA or ART's."""
 
-    attacks: str | None = None
+    attacks: str | Sequence[str] | None = None
     backend: str = AttackBackend.TORCH.value
     targeted: bool = False
     resiliency: bool = True
     batch_size: int = 512
 
     def __post_init__(self) -> None:
+        if self.attacks is not None and not isinstance(self.attacks, str):  # a list from Python: one spelling
+            object.__setattr__(self, "attacks", ",".join(self.attacks))
         names = self.attack_names()  # unknown attacks fail here, before any work
         if not names:
             raise ValueError(f"--attacks names no attack, got '{self.attacks}'")
@@ -49,7 +52,7 @@ class GrayParams(ThreatParams):
     def attack_names(self) -> list[str]:
         if self.attacks is None:
             return list(GRAY_ATTACKS)
-        return [parse_attack(a.strip()).name for a in self.attacks.split(",") if a.strip()]
+        return [parse_attack(a.strip()).name for a in str(self.attacks).split(",") if a.strip()]
 
 
 class GrayBox(ThreatModel):

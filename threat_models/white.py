@@ -27,14 +27,14 @@ from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict
 from pdm_bench.kde import GaussianKDE
 from pdm_bench.metrics import Interval, detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import ResultRow, value_getter
+from pdm_bench.results import Attack, ResultRow, value_getter
 from pdm_bench.storage import save_array
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 from pdm_bench.threat_models.attack_specs import attack_targets, build_cw_attack
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold, class_log_thresholds
 
-WB, CW = "cw-wb", "cw"
+WB, CW = Attack.CW_WB.value, Attack.CW.value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -353,12 +353,11 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         ev.row(f"{WB}@{r.index + 1}", "distortion", mean_or_nan(r.wb.distortion), len(r.wb.keep)),
         ev.row(f"{WB}@{r.index + 1}", "stage1_success_rate", r.stage1.success, correct),
         ev.row(f"{WB}@{r.index + 1}", "attack_seconds", seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
-    main = scored_rows(ev, WB, final.wb, y, clean_pred)
     ev.results.append([*scored_rows(ev, CW, search.plain, y, clean_pred), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),
                        ev.row(WB, "target_hit_rate", float((final.wb.pred == targets).mean()), len(y)),
                        ev.row(WB, "stage1_success_rate", final.stage1.success, correct),
                        ev.row(WB, "stage1_seconds", final.stage1.seconds, len(y)),
-                       *[r for r in main if r.metric != "distortion"], *[r for r in main if r.metric == "distortion"]],
+                       *scored_rows(ev, WB, final.wb, y, clean_pred)],
                       completes=WB, legacy=(WB, "distortion"))
     return ev.results.run_rows(ev.run_id)
 
@@ -449,6 +448,6 @@ class WhiteBox(ThreatModel):
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [per_dataset_table(
             index, key="table3_whitebox_distortion", title="Table 3: distortion d under the white-box threat model "
-            "(C&W-wb)", threat=self.name, metric="distortion", interval=False,
+            "(C&W-wb)", threat=self.name, attack=WB, metric="distortion", interval=False,
             notes=(("AUC", WB, "auc"), ("success", WB, "success_rate"), ("criterion met", WB, "criterion_met"),
                    ("budget rung", WB, "budget_rung"), ("plain C&W AUC", CW, "auc")))]

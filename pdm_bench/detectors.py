@@ -126,10 +126,18 @@ def kernel_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: i
     return np.sort(np.concatenate(chosen))
 
 
+def reference_embeddings(model: torch.nn.Module, dataset: Dataset, *, per_class: int, device: torch.device,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s embeddings of a seeded choice of up to ``per_class`` clean training images per class, and their
+    true labels: what a detector is fitted on."""
+    index = kernel_indices(dataset.y_train, dataset.num_classes, per_class, seed)
+    embeddings, _ = embed_and_predict(model, dataset.x_train[index], device=device)
+    return embeddings, torch.from_numpy(dataset.y_train[index])
+
+
 def fit_detector(detector: Detector, model: torch.nn.Module, dataset: Dataset, *, device: torch.device,
                  seed: int = 0) -> Detector:
-    """Fit ``detector`` on ``model``'s embeddings of a seeded choice of clean training images (true labels)."""
-    index = kernel_indices(dataset.y_train, dataset.num_classes, detector.reference_points, seed)
-    embeddings, _ = embed_and_predict(model, dataset.x_train[index], device=device)
-    detector.fit(embeddings, torch.from_numpy(dataset.y_train[index]), num_classes=dataset.num_classes, seed=seed)
+    """Fit ``detector`` on ``model``'s reference embeddings (see :func:`reference_embeddings`)."""
+    embeddings, labels = reference_embeddings(model, dataset, per_class=detector.reference_points, device=device, seed=seed)
+    detector.fit(embeddings, labels, num_classes=dataset.num_classes, seed=seed)
     return detector

@@ -117,3 +117,23 @@ def test_bad_component_input_is_one_line(plugins: Path, cli: Callable[..., CliRe
     result = cli(*args, "--no-progress")
     assert result.code == 2
     assert expected in result.err and len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+def test_white_and_black_box_attack_a_plugin_detector(plugins: Path, tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    """C&W-wb optimises the plugin's differentiable score (white box), or attacks the proxy and the plugin judges
+    the transferred images (black box)."""
+    results = tmp_path / "results"
+    common = ("--defense", "baseline", "--epochs", "3", "--n-samples", "20", "--no-progress", "--no-geometry",
+              "--detector", "nearest_mean", "--cw-iterations", "100", "--cw-search-steps", "2", "--results-dir", str(results))
+    white = cli("run", "--threat", "white", *common)
+    assert white.code == 0, white.err
+    assert "detector nearest_mean's score" in white.out
+    black = cli("run", "--threat", "black", "--proxy-epochs", "2", *common)
+    assert black.code == 0, black.err
+    rows = [r for r in read_csv(results / "results.csv") if r["metric"] != "finished"]
+    value = {(r["threat"], r["attack"], r["metric"]): float(r["value"]) for r in rows}
+    assert {r["detector"] for r in rows if r["threat"] in ("white", "black")} == {"nearest_mean"}
+    # The density term works: C&W-wb ends closer to the target class's mean than plain C&W from the same start.
+    assert value[("white", "cw-wb", "log_density_mean")] > value[("white", "cw", "log_density_mean")]
+    assert value[("white", "cw-wb", "auc")] < value[("white", "cw", "auc")]  # and the detector sees it less
+    assert 0.0 <= value[("black", "cw-wb", "success_rate")] <= 1.0 and ("black", "cw-wb", "proxy_agreement") in value

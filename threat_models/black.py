@@ -39,7 +39,7 @@ from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
-                                           WhiteBox, WhiteParams, attacked_kde, budget_rows, check_schedule, judge_images,
+                                           WhiteBox, WhiteParams, budget_rows, check_schedule, judge_images,
                                            mean_or_nan, require_embedding, scored_rows, search_budget, start_run)
 from pdm_bench.training import make_optimizer
 
@@ -162,11 +162,10 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     if ev.results.finished(ev.run_id, WB, legacy=(WB, "auc")):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
-    attacked_kde(ev, "black")  # the target's detector must be one C&W-wb supports
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
     own = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
     own_kde = own.fitted()
-    attack = WhiteAttack(model=proxy.model, kde=own_kde, kde_points=kde_points, seed=ev.seed, threshold=threshold,
+    attack = WhiteAttack(model=proxy.model, detector=own, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
                          batch_size=batch_size)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)

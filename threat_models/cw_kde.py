@@ -5,7 +5,7 @@ Pang et al. 2018), on a differentiable torch copy of the detector."""
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
 from art.estimators.classification import PyTorchClassifier
@@ -14,6 +14,16 @@ from pdm_bench.kde import GaussianKDE
 from pdm_bench.threat_models.attacks import CarliniWagnerL2
 
 Threshold = Literal["median", "clean"]
+
+
+class DensityScore(Protocol):
+    """What C&W-wb's density term needs of a detector: a differentiable score under a class (higher: normal)."""
+
+    num_classes: int
+
+    def log_density(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device | str) -> DensityScore: ...
 THRESHOLDS: tuple[str, ...] = ("median", "clean")
 
 
@@ -57,7 +67,7 @@ class CarliniWagnerKDE(CarliniWagnerL2):
 
     attack_params = CarliniWagnerL2.attack_params + ["kde", "threshold"]
 
-    def __init__(self, classifier: PyTorchClassifier, *, kde: GaussianKDE, log_tau: torch.Tensor | None = None,
+    def __init__(self, classifier: PyTorchClassifier, *, kde: DensityScore, log_tau: torch.Tensor | None = None,
                  threshold: Threshold = "median", keep_best_try: bool = True, **cw: Any) -> None:
         if threshold not in THRESHOLDS:
             raise ValueError(f"expected threshold 'median' or 'clean', got {threshold!r}")

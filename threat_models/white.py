@@ -21,18 +21,17 @@ import numpy as np
 import torch
 
 from pdm_bench.art_adapter import to_art_classifier
-from pdm_bench.detectors import Detector, KDEDetector
+from pdm_bench.detectors import Detector, KDEDetector, reference_embeddings
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict
-from pdm_bench.kde import GaussianKDE
 from pdm_bench.metrics import Interval, detection_auc, distortions, kept_pairs, success_rate
 from pdm_bench.results import Attack, ResultRow, value_getter
 from pdm_bench.storage import save_array
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 from pdm_bench.threat_models.attack_specs import attack_targets, build_cw_attack
-from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold, class_log_thresholds
+from pdm_bench.threat_models.cw_kde import THRESHOLDS, DensityScore, Threshold, class_log_thresholds
 
 WB, CW = Attack.CW_WB.value, Attack.CW.value
 
@@ -133,13 +132,33 @@ class Rung:
         return self.wb.success == 1.0 and self.wb.auc.value <= 0.5
 
 
+@dataclass(frozen=True)
+class DetectorScore:
+    """A differentiable detector (not the KDE) as C&W-wb's density term: its ``torch_score`` in place of the KDE's
+    log-density."""
+
+    detector: Detector
+    num_classes: int
+
+    def log_density(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.detector.torch_score(z, classes)
+
+    def to(self, device: torch.device | str) -> DetectorScore:
+        return self  # torch_score runs where the embeddings are
+
+
 @dataclass(frozen=True, kw_only=True)
 class WhiteAttack:
-    """What the attacker runs, besides the budget: the model, the KDE it copies (subsets of ``kde``'s kernel points,
-    thresholds from all of them), the stage settings."""
+    """What the attacker runs, besides the budget: the model, the detector it attacks, the stage settings.
+
+    The KDE is copied as Pang did: a seeded subset of its kernel points (``kde_points``, or the budget's), thresholds
+    from the leave-one-out densities of all of them. Any other detector is attacked through its differentiable
+    score as it is; tau_t is the budget's quantile of its scores on class t's ``reference`` embeddings (the ones it
+    was fitted on; in-sample, so no higher than a held-out quantile would be)."""
 
     model: torch.nn.Module
-    kde: GaussianKDE
+    detector: Detector
+    reference: tuple[torch.Tensor, torch.Tensor] | None = None  # (embeddings, labels); needed unless the KDE
     kde_points: int = 100
     seed: int = 0
     threshold: Threshold = "median"
@@ -152,12 +171,24 @@ class WhiteAttack:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
                 "wb_confidence": self.wb_confidence, "stage1_search_steps": self.stage1_search_steps}
 
-    def detector(self, budget: WhiteBudget, device: torch.device) -> tuple[GaussianKDE, torch.Tensor | None]:
-        """The attacker's KDE at this budget (a seeded kernel subset) and its log tau per class (None: 'clean')."""
-        subset = self.kde.subset(budget.kde_points or self.kde_points, seed=self.seed).to(device)
+    def surrogate(self, budget: WhiteBudget, device: torch.device) -> tuple[DensityScore, torch.Tensor | None]:
+        """The density term at this budget and its log tau per class (None: the 'clean' threshold)."""
+        if isinstance(self.detector, KDEDetector):
+            kde = self.detector.fitted()
+            subset = kde.subset(budget.kde_points or self.kde_points, seed=self.seed).to(device)
+            if self.threshold != "median":
+                return subset, None
+            return subset, class_log_thresholds(subset, kde, quantile=budget.tau_quantile)
+        if self.reference is None:
+            raise ValueError(f"expected the reference embeddings of detector '{self.detector.name}', got None")
+        embeddings, labels = self.reference
+        score = DetectorScore(self.detector, int(labels.max()) + 1)
         if self.threshold != "median":
-            return subset, None
-        return subset, class_log_thresholds(subset, self.kde, quantile=budget.tau_quantile)
+            return score, None
+        with torch.no_grad():
+            taus = [torch.quantile(score.log_density(embeddings[labels == c], labels[labels == c]).double(),
+                                   budget.tau_quantile) for c in range(score.num_classes)]
+        return score, torch.stack(taus).float().to(device)
 
 
 @dataclass(frozen=True)
@@ -214,7 +245,7 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
         stage1_params = {k: v for k, v in params.items() if k not in ("kde_points", "tau_quantile", "threshold")}
         x_stage1, stage1_scored = run(f"{name}-stage1", {**stage1_params, "fallback_confidence": 0.0},
                                       lambda part: stage1_images(budget, part))
-        attack_kde, log_tau = attack.detector(budget, ev.device)
+        attack_kde, log_tau = attack.surrogate(budget, ev.device)
         wb_params = {**params, "log_tau": None if log_tau is None else [round(float(t), 5) for t in log_tau],
                      "keep_best_try": True}
         wb = build_cw_attack(classifier, kde=attack_kde, log_tau=log_tau, threshold=attack.threshold,
@@ -304,14 +335,6 @@ def start_run(ev: Evaluation, threat: str, settings: dict[str, Any], budgets: Se
     return images_ev, ev, (x, y), ev.record_clean(ev.trained.model, x, y)
 
 
-def attacked_kde(ev: Evaluation, threat: str) -> GaussianKDE:
-    """The fitted KDE that C&W-wb copies (a kernel subset and its thresholds)."""
-    if not isinstance(ev.detector, KDEDetector):
-        raise UserError(f"The {threat} box's C&W-wb copies the KDE detector's kernel points; detector "
-                        f"'{ev.detector.name}' is not supported by it yet (use --detector kde)")
-    return ev.detector.fitted()
-
-
 def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE, kde_points: int = 100,
               threshold: Threshold = "median", confidence: float = 5.0, wb_confidence: float = 0.0,
               stage1_search_steps: int = 3, batch_size: int = 256) -> list[ResultRow]:
@@ -334,11 +357,14 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     if ev.results.finished(ev.run_id, WB, legacy=(WB, "distortion")):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
-    attack = WhiteAttack(model=ev.trained.model, kde=attacked_kde(ev, "white"), kde_points=kde_points, seed=ev.seed, threshold=threshold,
-                         confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
-                         batch_size=batch_size)
+    reference = None if isinstance(ev.detector, KDEDetector) else reference_embeddings(
+        ev.trained.model, data, per_class=ev.detector.reference_points, device=ev.device, seed=ev.seed)
+    attack = WhiteAttack(model=ev.trained.model, detector=ev.detector, reference=reference, kde_points=kde_points,
+                         seed=ev.seed, threshold=threshold, confidence=confidence, wb_confidence=wb_confidence,
+                         stage1_search_steps=stage1_search_steps, batch_size=batch_size)
     targets = attack_targets(y, data.num_classes, ev.seed)
-    ev.log(f"{WB}: attacking {len(y)} images (KDE subset {kde_points}/class, threshold {threshold}) ...")
+    copy = f"KDE subset {kde_points}/class" if reference is None else f"detector {ev.detector.name}'s score"
+    ev.log(f"{WB}: attacking {len(y)} images ({copy}, threshold {threshold}) ...")
     search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets,
                            judge=(ev.trained.model, ev.detector), clean=(clean_pred, clean_score))
     final = search.final

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from torch.nn import functional as F
+
+from pdm_bench.defense import ClassGroups
 
 
 def cross_entropy(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -67,7 +67,7 @@ def sample_partners_in_batch(y: torch.Tensor, q: float, generator: torch.Generat
 
 
 def sample_partners_from_dataset(
-    y: torch.Tensor, q: float, class_groups: "ClassGroups", generator: torch.Generator
+    y: torch.Tensor, q: float, class_groups: ClassGroups, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Algorithm 1 literally: a partner drawn from the whole training set (indices into it) and the labels s."""
     num_classes = class_groups.sizes.shape[0]
@@ -78,20 +78,3 @@ def sample_partners_from_dataset(
     picks = (torch.rand(y_cpu.shape[0], generator=generator) * class_groups.sizes[partner_class]).long()
     partners = class_groups.order[class_groups.starts[partner_class] + picks]
     return partners, same.long()
-
-
-class ClassGroups(NamedTuple):
-    """Training indices grouped by class: ``order[starts[c] : starts[c] + sizes[c]]`` are class c's."""
-
-    order: torch.Tensor
-    starts: torch.Tensor
-    sizes: torch.Tensor
-
-    @classmethod
-    def of(cls, labels: torch.Tensor, num_classes: int) -> "ClassGroups":
-        sizes = torch.bincount(labels, minlength=num_classes)
-        if (sizes == 0).any():
-            missing = torch.nonzero(sizes == 0).flatten().tolist()
-            raise ValueError(f"expected every class in the training labels, got none of classes {missing}")
-        starts = torch.cumsum(sizes, 0) - sizes
-        return cls(torch.argsort(labels, stable=True), starts, sizes)

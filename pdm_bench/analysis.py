@@ -74,10 +74,10 @@ def jacobian_frobenius(model: torch.nn.Module, x: torch.Tensor, *, device: torch
     norms = []
     for chunk in x.split(batch_size):
         inputs = chunk.to(device).requires_grad_(True)
-        z = model.embed(inputs)
+        embedding = model.embed(inputs)
         squared = torch.zeros(len(inputs), device=device, dtype=torch.float64)
-        for k in range(z.shape[1]):
-            (row,) = torch.autograd.grad(z[:, k].sum(), inputs, retain_graph=k < z.shape[1] - 1)
+        for k in range(embedding.shape[1]):
+            (row,) = torch.autograd.grad(embedding[:, k].sum(), inputs, retain_graph=k < embedding.shape[1] - 1)
             squared += row.flatten(1).double().pow(2).sum(dim=1)
         norms.append(squared.sqrt().cpu())
     return float(torch.cat(norms).mean())
@@ -93,14 +93,14 @@ def measure_geometry(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, de
     embeddings, _ = embed_and_predict(model, images, device=device)
     margin, margin_mean = embedding_margin(embeddings, torch.as_tensor(labels))
     jac = jacobian_frobenius(model, images, device=device)
-    z = embeddings.double().numpy()
-    dbi = float(davies_bouldin_score(z, labels)) if len(np.unique(labels)) > 1 else math.nan
-    coords = _tsne(z, seed) if tsne else None
+    points = embeddings.double().numpy()
+    dbi = float(davies_bouldin_score(points, labels)) if len(np.unique(labels)) > 1 else math.nan
+    coords = _tsne(points, seed) if tsne else None
     return EmbeddingGeometry(len(chosen), dbi, margin, margin_mean, jac, coords, labels)
 
 
-def _tsne(z: np.ndarray, seed: int) -> np.ndarray:
+def _tsne(points: np.ndarray, seed: int) -> np.ndarray:
     from sklearn.manifold import TSNE
 
-    perplexity = float(min(30.0, max(2.0, (len(z) - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(z).astype(np.float32)
+    perplexity = float(min(30.0, max(2.0, (len(points) - 1) / 3)))
+    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points).astype(np.float32)

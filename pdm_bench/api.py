@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pdm_bench.config import get_preset, make_plan, resolve_cache_dir, resolve_device
 from pdm_bench.data import load_dataset, resolve_data_dir
-from pdm_bench.defenses.base import Defense
+from pdm_bench.defense import Defense
 from pdm_bench.errors import UserError
 from pdm_bench.registry import defense_registry, detector_registry, threat_model_registry
 

@@ -232,23 +232,23 @@ class GaussianKDE:
         h = bandwidth if bandwidth is not None else select_bandwidth(kernels, candidates=search or BandwidthSearch())
         return cls(kernels, h)
 
-    def log_density(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        """(n,) log-density of each ``z[i]`` under class ``classes[i]``'s normalised Gaussian mixture.
+    def log_density(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        """(n,) log-density of each ``embeddings[i]`` under class ``classes[i]``'s normalised Gaussian mixture.
 
-        ``logsumexp_j(-||z - k_j||^2 / (2 h^2)) - log n_c - (d/2) log(2 pi h^2)``; differentiable w.r.t. ``z``;
-        float64 queries are computed in float64, anything else in float32.
+        ``logsumexp_j(-||e - k_j||^2 / (2 h^2)) - log n_c - (d/2) log(2 pi h^2)`` for an embedding e; differentiable
+        w.r.t. ``embeddings``; float64 queries are computed in float64, anything else in float32.
         """
-        if z.ndim != 2 or z.shape[1] != self.dim:
-            raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {tuple(z.shape)}")
-        if classes.shape != (z.shape[0],):
-            raise ValueError(f"expected classes of shape ({z.shape[0]},), got {tuple(classes.shape)}")
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise ValueError(f"expected embeddings of shape (n, {self.dim}), got {tuple(embeddings.shape)}")
+        if classes.shape != (embeddings.shape[0],):
+            raise ValueError(f"expected classes of shape ({embeddings.shape[0]},), got {tuple(classes.shape)}")
         if classes.is_floating_point() or classes.is_complex():
             raise ValueError(f"expected integer classes, got dtype {classes.dtype}")
-        dtype = torch.float64 if z.dtype == torch.float64 else torch.float32
-        z = z.to(dtype)
-        classes = classes.to(z.device)
-        if z.shape[0] == 0:
-            return z.sum(1)
+        dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+        embeddings = embeddings.to(dtype)
+        classes = classes.to(embeddings.device)
+        if embeddings.shape[0] == 0:
+            return embeddings.sum(1)
         if int(classes.min()) < 0 or int(classes.max()) >= self.num_classes:
             raise ValueError(f"expected classes in [0, {self.num_classes}), got range [{int(classes.min())}, {int(classes.max())}]")
         scale = -0.5 / self.bandwidth**2
@@ -256,8 +256,8 @@ class GaussianKDE:
         values, order = [], []
         for c in torch.unique(classes).tolist():
             index = torch.nonzero(classes == c).squeeze(1)
-            centre, centred, sq_norms = self._centred_terms(c, dtype, z.device)
-            a = z.index_select(0, index) - centre
+            centre, centred, sq_norms = self._centred_terms(c, dtype, embeddings.device)
+            a = embeddings.index_select(0, index) - centre
             rows = max(1, _CHUNK_ELEMENTS // centred.shape[0])
             if dtype == torch.float32 and _reduced_precision_matmul():  # TF32/bf16 distances: errors >> 1e-3 nats
                 a, centred, sq_norms = a.double(), centred.double(), sq_norms.double()
@@ -267,7 +267,7 @@ class GaussianKDE:
                 values.append(lse + (norm - math.log(centred.shape[0])))
             order.append(index)
         flat = torch.cat(values)
-        return flat.new_empty(z.shape[0]).index_copy(0, torch.cat(order), flat)
+        return flat.new_empty(embeddings.shape[0]).index_copy(0, torch.cat(order), flat)
 
     def _centred_terms(self, c: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Class c's kernel mean, kernel points minus it and their squared norms (float32 ones are cached)."""

@@ -100,8 +100,8 @@ class ResNet(nn.Module):
 
     def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Embedding and *raw* logits z (before ``logit_sign``), for training losses."""
-        z = self.embed(x)
-        return z, self.fc(z)
+        embedding = self.embed(x)
+        return embedding, self.fc(embedding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.embed(x)) * self.logit_sign

@@ -7,10 +7,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +154,54 @@ def _read_seconds(path: Path) -> float:
         return float(path.read_text())
     except (OSError, ValueError):
         return float("nan")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One cached network (a trained model or a distilled proxy): ``<root>/<kind>/<slug>-<key>/`` holding
+    ``meta.json`` (its config and, once finished, when and what it measured), ``checkpoint.pt`` while it is being
+    made, and ``model.pt`` (``{"weights": state_dict}``) when done. ``key`` hashes the config."""
+
+    run_dir: Path
+    key: str
+    config: dict[str, Any]
+
+    @classmethod
+    def at(cls, root: Path, kind: str, name: str, config: dict[str, Any]) -> ModelEntry:
+        from pdm_bench.config import config_key
+
+        config = json.loads(json.dumps(config, default=str))  # as it reads back from meta.json
+        key = config_key(config)
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[-80:]
+        return cls(root / kind / f"{slug}-{key}", key, config)
+
+    @property
+    def meta_path(self) -> Path:
+        return self.run_dir / "meta.json"
+
+    @property
+    def weights_path(self) -> Path:
+        return self.run_dir / "model.pt"
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def meta(self) -> dict[str, Any] | None:
+        """``meta.json`` (None when absent or unreadable)."""
+        return read_json(self.meta_path)
+
+    def finished_meta(self) -> dict[str, Any] | None:
+        """The metadata of a finished model of this very config with its weights on disk, else None."""
+        meta = self.meta()
+        done = meta is not None and meta.get("config") == self.config and meta.get("finished") and self.weights_path.exists()
+        return meta if done else None
+
+    def start(self) -> None:
+        """Mark the entry as being made (its config, not finished)."""
+        write_json(self.meta_path, {"config": self.config, "finished": None})
+
+    def finish(self, weights: dict[str, Any], **measured: Any) -> None:
+        """Store the final weights, then the metadata that marks the entry finished (with ``measured``)."""
+        atomic_save({"weights": weights}, self.weights_path)
+        write_json(self.meta_path, {"config": self.config, "finished": time.strftime("%Y-%m-%d %H:%M:%S"), **measured})

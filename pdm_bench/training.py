@@ -8,8 +8,6 @@ finished epoch) and ``model.pt`` when done. Every file is written atomically; al
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,13 +17,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pdm_bench.config import TRAIN_FORMAT_VERSION, TrainPlan, config_key
+from pdm_bench.config import TRAIN_FORMAT_VERSION, TrainPlan
 from pdm_bench.data import Dataset
-from pdm_bench.defenses.base import Defense, TrainContext, terms_total
+from pdm_bench.defense import Defense, TrainContext, terms_total
 from pdm_bench.errors import UserError
 from pdm_bench.inference import evaluate_accuracy
 from pdm_bench.models import ResNet, build_model
-from pdm_bench.storage import atomic_save, write_json
+from pdm_bench.storage import ModelEntry, atomic_save
 
 Log = Callable[[str], None]
 
@@ -57,11 +55,16 @@ def model_config(dataset: Dataset, defense: Defense, plan: TrainPlan) -> dict[st
     }
 
 
+def model_entry(cache_dir: Path, dataset: Dataset, defense: Defense, plan: TrainPlan) -> ModelEntry:
+    """Where the model of this config is cached."""
+    name = f"{dataset.name}-{defense.name}-{plan.preset}-s{plan.seed}"
+    return ModelEntry.at(cache_dir, "models", name, model_config(dataset, defense, plan))
+
+
 def model_dir(cache_dir: Path, dataset: Dataset, defense: Defense, plan: TrainPlan) -> tuple[Path, str, dict[str, Any]]:
-    config = json.loads(json.dumps(model_config(dataset, defense, plan), default=str))
-    key = config_key(config)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{dataset.name}-{defense.name}-{plan.preset}-s{plan.seed}")[-80:]
-    return cache_dir / "models" / f"{slug}-{key}", key, config
+    """The cached model's folder, key and config."""
+    entry = model_entry(cache_dir, dataset, defense, plan)
+    return entry.run_dir, entry.key, entry.config
 
 
 def train_or_load(
@@ -76,21 +79,21 @@ def train_or_load(
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainedModel:
     """Reuse the cached model of this exact config, resume its checkpoint, or train it from scratch."""
-    run_dir, key, config = model_dir(cache_dir, dataset, defense, plan)
-    meta = _read_meta(run_dir)
-    if meta is not None and meta.get("config") != config:
+    entry = model_entry(cache_dir, dataset, defense, plan)
+    run_dir, key = entry.run_dir, entry.key
+    meta = _read_meta(entry)
+    if meta is not None and meta.get("config") != entry.config:
         raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
     model = _new_model(defense, plan).to(device)
-    if meta is not None and meta.get("finished") and (run_dir / "model.pt").exists():
-        _load_state(model, run_dir / "model.pt", "weights", device)
+    if meta is not None and meta.get("finished") and entry.weights_path.exists():
+        _load_state(model, entry.weights_path, "weights", device)
         log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
         return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "meta.json", {"config": config, "finished": None})
+    entry.start()
     optimizer = make_optimizer(model, plan)
     start_epoch, history = 0, []
-    checkpoint_path = run_dir / "checkpoint.pt"
+    checkpoint_path = entry.checkpoint_path
     if checkpoint_path.exists():
         checkpoint = _load_state(model, checkpoint_path, "model", device)
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -114,10 +117,8 @@ def train_or_load(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
-    finished = time.strftime("%Y-%m-%d %H:%M:%S")
     accuracy = history[-1]["test_accuracy"]
-    write_json(run_dir / "meta.json", {"config": config, "finished": finished, "test_accuracy": accuracy, "history": history})
+    entry.finish(model.state_dict(), test_accuracy=accuracy, history=history)
     checkpoint_path.unlink(missing_ok=True)
     return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
 
@@ -195,11 +196,10 @@ def _load_state(model: ResNet, path: Path, field: str, device: torch.device) -> 
     return state
 
 
-def _read_meta(run_dir: Path) -> dict[str, Any] | None:
-    path = run_dir / "meta.json"
-    if not path.exists():
+def _read_meta(entry: ModelEntry) -> dict[str, Any] | None:
+    if not entry.meta_path.exists():
         return None
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, OSError):
-        raise UserError(f"Corrupt model metadata {path}; remove {run_dir} to retrain") from None
+    meta = entry.meta()
+    if meta is None:
+        raise UserError(f"Corrupt model metadata {entry.meta_path}; remove {entry.run_dir} to retrain")
+    return meta

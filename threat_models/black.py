@@ -15,8 +15,6 @@ resumes after its last finished epoch. The target's detector can be any: it only
 
 from __future__ import annotations
 
-import json
-import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -26,7 +24,7 @@ from typing import Any, ClassVar
 import torch
 
 from pdm_bench.art_adapter import build_copycat
-from pdm_bench.config import TrainPlan, config_key, make_plan
+from pdm_bench.config import TrainPlan, make_plan
 from pdm_bench.data import Dataset
 from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
@@ -34,7 +32,7 @@ from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict, predict_logits
 from pdm_bench.models import ModelSpec, ResNet, build_model
 from pdm_bench.results import ResultRow, value_getter
-from pdm_bench.storage import atomic_save, read_json, write_json
+from pdm_bench.storage import ModelEntry
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
@@ -83,49 +81,41 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
     """Reuse the cached proxy of this target and plan, or distil it from the target's softmax on the training inputs."""
     data, target = ev.dataset, ev.trained
     plan = proxy_plan(ev, depth=depth, epochs=epochs)
-    config = json.loads(json.dumps({"format": PROXY_FORMAT_VERSION, "target": target.key, "plan": plan.as_dict(),
-                                    "queries": "all training inputs", "outputs": "softmax"}, default=str))
-    key = config_key(config)
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{data.name}-{target.defense.name}-{plan.preset}-r{plan.model.depth}")[-80:]
-    run_dir = cache_dir / "proxies" / f"{slug}-{key}"
+    entry = ModelEntry.at(cache_dir, "proxies", f"{data.name}-{target.defense.name}-{plan.preset}-r{plan.model.depth}",
+                          {"format": PROXY_FORMAT_VERSION, "target": target.key, "plan": plan.as_dict(),
+                           "queries": "all training inputs", "outputs": "softmax"})
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(plan.seed)
         model = build_model(plan.model).to(ev.device)
-    meta = read_json(run_dir / "meta.json")
     started = time.perf_counter()
-    from_cache = bool(meta and meta.get("config") == config and meta.get("finished") and (run_dir / "model.pt").exists())
+    from_cache = entry.finished_meta() is not None
     if from_cache:
         try:
-            model.load_state_dict(torch.load(run_dir / "model.pt", map_location=ev.device, weights_only=True)["weights"])
+            model.load_state_dict(torch.load(entry.weights_path, map_location=ev.device, weights_only=True)["weights"])
         except (RuntimeError, KeyError, EOFError, OSError, ValueError):
             from_cache = False  # a torn or foreign file: distil again
-            ev.log(f"proxy: cached weights in {run_dir} unreadable, distilling again")
+            ev.log(f"proxy: cached weights in {entry.run_dir} unreadable, distilling again")
     if from_cache:
-        ev.log(f"proxy: reusing {run_dir.name}")
+        ev.log(f"proxy: reusing {entry.run_dir.name}")
     else:
-        checkpoint = run_dir / "checkpoint.pt"
         ev.log(f"proxy: distilling ResNet-{plan.model.depth} from the target's probabilities on {len(data.x_train)} "
                f"training inputs ({plan.epochs} epochs"
-               f"{'; resuming after its last finished epoch' if checkpoint.exists() else ''}) ...")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_json(run_dir / "meta.json", {"config": config, "finished": None})
+               f"{'; resuming after its last finished epoch' if entry.checkpoint_path.exists() else ''}) ...")
+        entry.start()
         copycat, thieved = build_copycat(
             target.model, model, optimizer=make_optimizer(model, plan), input_shape=data.input_shape,
             nb_classes=data.num_classes, device=ev.device, epochs=plan.epochs, batch_size=plan.batch_size,
             milestones=plan.milestones, gamma=plan.gamma, seed=plan.seed, nb_stolen=len(data.x_train), verbose=progress)
-        copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=checkpoint)
-        atomic_save({"weights": model.state_dict()}, run_dir / "model.pt")
+        copycat.extract(data.x_train, thieved_classifier=thieved, checkpoint=entry.checkpoint_path)
     model.eval()
     seconds = float("nan") if from_cache else time.perf_counter() - started
     proxy_pred = predict_logits(model, data.x_test, device=ev.device).argmax(1).numpy()
     target_pred = predict_logits(target.model, data.x_test, device=ev.device).argmax(1).numpy()
     agreement, accuracy = float((proxy_pred == target_pred).mean()), float((proxy_pred == data.y_test).mean())
     if not from_cache:
-        write_json(run_dir / "meta.json", {"config": config, "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                            "agreement": agreement, "test_accuracy": accuracy,
-                                            "seconds": round(seconds, 2)})
+        entry.finish(model.state_dict(), agreement=agreement, test_accuracy=accuracy, seconds=round(seconds, 2))
     ev.log(f"proxy: agreement with the target {100 * agreement:.2f}%, test accuracy {100 * accuracy:.2f}% (test set)")
-    return Proxy(model, plan, key, run_dir, agreement, accuracy, from_cache, seconds)
+    return Proxy(model, plan, entry.key, entry.run_dir, agreement, accuracy, from_cache, seconds)
 
 
 def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int) -> KDEDetector:

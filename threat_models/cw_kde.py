@@ -21,7 +21,7 @@ class DensityScore(Protocol):
 
     num_classes: int
 
-    def log_density(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
+    def log_density(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor: ...
 
     def to(self, device: torch.device | str) -> DensityScore: ...
 THRESHOLDS: tuple[str, ...] = ("median", "clean")
@@ -87,7 +87,7 @@ class CarliniWagnerKDE(CarliniWagnerL2):
 
     def penalty(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (as the model predicts, RCE's -z included) and the density shortfall, from one forward pass."""
-        z, raw = self._model.embed_and_logits(x_adv)
+        embedding, raw = self._model.embed_and_logits(x_adv)
         logits = raw * self._model.logit_sign
         if self.threshold == "clean":
             if self._batch_log_tau is None or len(self._batch_log_tau) != len(x_adv):
@@ -95,13 +95,13 @@ class CarliniWagnerKDE(CarliniWagnerL2):
             log_tau = self._batch_log_tau
         else:
             log_tau = self.log_tau[labels]
-        return logits, torch.clamp(log_tau - self.kde.log_density(z, labels), min=0.0)
+        return logits, torch.clamp(log_tau - self.kde.log_density(embedding, labels), min=0.0)
 
     def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if self.threshold == "clean":
             with torch.no_grad():
-                z, raw = self._model.embed_and_logits(x)
-                self._batch_log_tau = self.kde.log_density(z, (raw * self._model.logit_sign).argmax(dim=1))
+                embedding, raw = self._model.embed_and_logits(x)
+                self._batch_log_tau = self.kde.log_density(embedding, (raw * self._model.logit_sign).argmax(dim=1))
         try:
             return super()._attack_batch(x, start, labels)
         finally:

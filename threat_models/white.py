@@ -140,8 +140,8 @@ class DetectorScore:
     detector: Detector
     num_classes: int
 
-    def log_density(self, z: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
-        return self.detector.torch_score(z, classes)
+    def log_density(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return self.detector.torch_score(embeddings, classes)
 
     def to(self, device: torch.device | str) -> DetectorScore:
         return self  # torch_score runs where the embeddings are

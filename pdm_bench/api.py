@@ -48,6 +48,14 @@ class Trained:
     def test_accuracy(self) -> float:
         return self.record.test_accuracy
 
+    def art_classifier(self) -> Any:
+        """The model as ART's ``PyTorchClassifier`` (pixels in [0, 1]); ``get_activations(x, "embedding")`` gives the
+        pre-logits embedding the detectors read."""
+        from pdm_bench.art_adapter import to_art_classifier
+
+        return to_art_classifier(self.network, input_shape=self.data.input_shape, nb_classes=self.data.num_classes,
+                                 device=self.device)
+
 
 @dataclass(frozen=True, kw_only=True)
 class Pretrained(Defense):

@@ -5,7 +5,9 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import pdm_bench as pb
 from pdm_bench.errors import UserError
@@ -44,6 +46,9 @@ def test_wrapped_network_is_evaluated_like_a_trained_one(tmp_path: Path, capsys:
     network = trained.network  # our ResNet: a user network whose embedding is the module 'embedding'
     mine = pb.wrap(network, embedding="pool", dataset="digits", name="mine", cache_dir=cache)
     assert mine.test_accuracy == pytest.approx(trained.test_accuracy)
+    images = mine.data.x_test[:7]
+    from_art = mine.art_classifier().get_activations(images, "embedding", batch_size=4, framework=False)
+    np.testing.assert_allclose(from_art, mine.network.embed(torch.as_tensor(images)).detach().numpy(), atol=1e-5)
     rows = pb.evaluate(mine, threat="gray", attacks=["fgsm-0.1"], n_samples=30, resiliency=False,
                        results_dir=tmp_path / "results", log=lambda _: None)
     values = {(r.attack, r.metric): r.value for r in rows}

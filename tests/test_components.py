@@ -46,8 +46,23 @@ def plugins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_dist: Callable
             {"pdm_bench.threat_models": {"noise": "pdm_noise_threat:UniformNoise"}})
     fake_dist(site, "pdm-nearest-mean", {"pdm_nearest_mean.py": NEAREST_MEAN},
             {"pdm_bench.detectors": {"nearest_mean": "pdm_nearest_mean:NearestMean"}})
+    fake_dist(site, "pdm-fgm-l2", {"pdm_fgm_l2.py": L2_ATTACK}, {"pdm_bench.attacks": {"fgm-l2": "pdm_fgm_l2:FGM_L2"}})
     monkeypatch.syspath_prepend(str(site))
     return site
+
+
+L2_ATTACK = """
+from art.attacks.evasion import FastGradientMethod
+
+from pdm_bench.threat_models.attack_specs import AttackSpec
+
+
+def fgm_l2(classifier, *, targeted, batch_size):
+    return FastGradientMethod(classifier, norm=2, eps=1.0, targeted=targeted, batch_size=batch_size)
+
+
+FGM_L2 = AttackSpec(name="fgm-l2", family="fgm", params={"norm": 2, "eps": 1.0}, factory=fgm_l2)
+"""
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -60,6 +75,7 @@ def test_plugins_are_listed(plugins: Path, cli: Callable[..., CliResult]) -> Non
     assert listing.code == 0, listing.err
     assert "noise" in listing.out and "plugin from pdm-noise-threat 0.1.0" in listing.out and "eps=0.1" in listing.out
     assert "nearest_mean" in listing.out and "plugin from pdm-nearest-mean 0.1.0" in listing.out
+    assert "fgm-l2" in listing.out and "fgm: norm=2, eps=1.0 [plugin from pdm-fgm-l2 0.1.0" in listing.out
     for section in ("Defenses:", "Detectors (--detector):", "Threat models (--threat):", "Gray-box attacks (--attacks):"):
         assert section in listing.out
 
@@ -72,7 +88,7 @@ def test_plugin_threat_and_detector_through_run_and_report(plugins: Path, tmp_pa
     noise = cli("run", "--threat", "noise", "-t", "eps=0.2", *common)
     assert noise.code == 0, noise.err
     assert "noise-0.2: flipped" in noise.out
-    mine = cli("run", "--threat", "gray", "--attacks", "fgsm-0.1", "--no-resiliency", "--detector", "nearest_mean", *common)
+    mine = cli("run", "--threat", "gray", "--attacks", "fgsm-0.1,fgm-l2", "--no-resiliency", "--detector", "nearest_mean", *common)
     assert mine.code == 0, mine.err
     rows = read_csv(results / "results.csv")
     assert {r["detector"] for r in rows if r["threat"] == "gray"} == {"nearest_mean"}
@@ -87,6 +103,8 @@ def test_plugin_threat_and_detector_through_run_and_report(plugins: Path, tmp_pa
     assert noise_table[0]["attack"] == "noise-0.2" and float(noise_table[0]["digits (quick) baseline"]) >= 0.0
     gray = read_csv(tmp_path / "report" / "table2_graybox_auc.csv")
     assert "digits (quick) baseline (nearest_mean)" in gray[0]  # the cell names its detector
+    l2 = next(row for row in gray if row["attack"] == "fgm-l2")  # the plugin attack's row, measured
+    assert 0.0 <= float(l2["digits (quick) baseline (nearest_mean)"]) <= 1.0
     assert "noise_auc" in (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
 
 

@@ -198,35 +198,34 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
     threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
     chosen = make_detector(detector) if isinstance(detector, str) else detector
     return run_evaluation(trained, threat_model, chosen, check_results_dir(results_dir), n_samples=n_samples,
-                          geometry=geometry, progress=progress, log=log, command=command)[0]
+                          geometry=geometry, progress=progress, log=log, command=command)
 
 
 def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, results_dir: Path, *,
                    n_samples: int | None, geometry: bool, progress: bool, log: Log, command: str
-                   ) -> tuple[list[ResultRow], str]:
-    """Fit the detector, run the threat model, record provenance; the rows and the printed table."""
+                   ) -> list[ResultRow]:
+    """Fit the detector, run the threat model, print its table, record provenance; this run's rows."""
     from pdm_bench.detectors import fit_detector
     from pdm_bench.evaluation import Evaluation, sample_indices
     from pdm_bench.results import ResultsStore
 
-    data, model, device = trained.data, trained.record, trained.device
-    indices = sample_indices(data, n_samples, model.plan.seed, default=get_preset(model.plan.preset).attack_samples)
-    fit_detector(detector, model.model, data, device=device, seed=model.plan.seed)
+    data, entry, device = trained.data, trained.record, trained.device
+    indices = sample_indices(data, n_samples, entry.plan.seed, default=get_preset(entry.plan.preset).attack_samples)
+    fit_detector(detector, entry.model, data, device=device, seed=entry.plan.seed)
     log(detector.summary())
     store = ResultsStore(results_dir)
-    evaluation = Evaluation(data, model, threat.name, detector, indices, store, device, model.plan.seed,
+    evaluation = Evaluation(data, entry, threat.name, detector, indices, store, device, entry.plan.seed,
                             settings=threat.settings(), log=log, progress=progress)
     rows = threat.run(evaluation)
     details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.name,
                **detector.fitted_values(), **threat.params.as_dict()}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
-           run_ids={r.run_id for r in rows} | {model.key})
-    table = threat.summary(rows)
-    log(f"\n{threat.name.capitalize()}-box results ({model.defense.name} on {data.name}, N={len(indices)}, "
+           run_ids={r.run_id for r in rows} | {entry.key})
+    log(f"\n{threat.name.capitalize()}-box results ({entry.defense.name} on {data.name}, N={len(indices)}, "
         f"run {evaluation.run_id}):")
-    log(table)
+    log(threat.summary(rows))
     log(f"Rows in {store.path}")
-    return rows, table
+    return rows
 
 
 def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,
@@ -235,16 +234,16 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
     from pdm_bench.records import record_model, record_run
     from pdm_bench.results import ResultsStore
 
-    data, model, device = trained.data, trained.record, trained.device
+    data, entry, device = trained.data, trained.record, trained.device
     store = ResultsStore(results_dir)
-    record_model(store, data, model, device=device, geometry=geometry, log=log)
-    for run_id in sorted(run_ids or {model.key}):
-        if run_id == model.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
+    record_model(store, data, entry, device=device, geometry=geometry, log=log)
+    for run_id in sorted(run_ids or {entry.key}):
+        if run_id == entry.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
             continue  # the model's own record stays that of the command that first measured it
         record_run(store, run_id, command=command, device=device,
-                   details={"dataset": data.name, "preset": model.plan.preset, "seed": model.plan.seed,
-                            "defense": model.defense.name, "defense_options": model.defense.options(),
-                            "model": model.key, **details})
+                   details={"dataset": data.name, "preset": entry.plan.preset, "seed": entry.plan.seed,
+                            "defense": entry.defense.name, "defense_options": entry.defense.options(),
+                            "model": entry.key, **details})
 
 
 def report(results_dir: str | Path = "pdm-results", *, out: str | Path | None = None) -> list[Path]:

@@ -36,9 +36,10 @@ from pdm_bench.storage import ModelEntry
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
-from pdm_bench.threat_models.white import (CW, DEFAULT_SCHEDULE, THRESHOLDS, WB, Threshold, WhiteAttack, WhiteBudget,
-                                           WhiteBox, WhiteParams, budget_rows, check_schedule, judge_images,
-                                           mean_or_nan, require_embedding, scored_rows, search_budget, start_run)
+from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
+from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, WhiteAttack, WhiteBudget, WhiteParams,
+                                           budget_rows, check_schedule, judge_images, mean_or_nan, require_embedding,
+                                           scored_rows, search_budget, start_run)
 from pdm_bench.training import make_optimizer
 
 PROXY_FORMAT_VERSION = 1
@@ -226,7 +227,7 @@ class BlackBox(ThreatModel):
     description = "the attacker queries the model's probabilities: a distilled proxy, C&W-wb on it, transferred"
     params_type = BlackParams
     cost_rank = 0
-    flags: ClassVar[dict[str, str]] = {**WhiteBox.flags, "--proxy-depth": "proxy_depth", "--proxy-epochs": "proxy_epochs"}
+    flags: ClassVar[dict[str, str]] = {**WHITE_FLAGS, "--proxy-depth": "proxy_depth", "--proxy-epochs": "proxy_epochs"}
     params: BlackParams
 
     def settings(self) -> dict[str, Any]:

@@ -2,8 +2,8 @@
 ``pdm_bench.threat_models``).
 
 A threat model has typed options (a keyword-only dataclass, validated once in its ``__post_init__``), implements
-``evaluate(evaluation) -> rows``, and says how its rows read: the table printed after a run (``summary``) and the
-report's tables (``report_tables``). ``cost_rank`` orders a study's parallel steps (lower: started first).
+``evaluate(evaluation) -> rows``, and says how its rows read: the table printed after a run (``summary``), the
+report's tables (``report_tables``) and figures (``report_figures``). ``cost_rank`` orders a study's parallel steps (lower: started first).
 """
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from pdm_bench.errors import UserError
 from pdm_bench.options import build_options
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pdm_bench.evaluation import Evaluation
+    from pdm_bench.figures import Figure
     from pdm_bench.results import ResultRow
     from pdm_bench.tables import RowIndex, Table
 
@@ -78,4 +81,9 @@ class ThreatModel(ABC):
 
     def report_tables(self, index: RowIndex) -> list[Table]:
         """The report's tables from this threat model's rows (default: none)."""
+        return []
+
+    def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
+        """The report's figures for one dataset block (``directory``: the results directory, for files beside the
+        rows); default: none."""
         return []

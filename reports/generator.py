@@ -17,7 +17,8 @@ from typing import Any
 from pdm_bench.errors import UserError
 from pdm_bench.records import git_commit, read_runs, versions
 from pdm_bench.registry import threat_model_registry
-from pdm_bench.reports.figures import Figure, bound_figure, distortion_figure, flow_figure, resiliency_figure, tsne_figure
+from pdm_bench.figures import Figure
+from pdm_bench.reports.figures import bound_figure, tsne_figure
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
                                             paper_dataset)
@@ -51,12 +52,13 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
         raise UserError(f"No results in {Path(results_dir) / 'results.csv'}: run `pdm-bench run` or `pdm-bench paper` "
                         "with --results-dir first")
     index = RowIndex(rows)
-    tables = all_tables(index, report_threat_models(rows))
+    threat_models = report_threat_models(rows)
+    tables = all_tables(index, threat_models)
     sections = []
     for dataset, preset in index.blocks:
         bound, terms = bound_figure(index, dataset, preset)
-        figures = [resiliency_figure(index, dataset, preset), tsne_figure(index, Path(results_dir), dataset, preset),
-                   flow_figure(index, dataset, preset), bound, distortion_figure(index, Path(results_dir), dataset, preset)]
+        figures = [tsne_figure(index, Path(results_dir), dataset, preset), bound,
+                   *(f for threat in threat_models for f in threat.report_figures(index, Path(results_dir), dataset, preset))]
         sections.append(Section(block_name(dataset, preset), [f for f in figures if f is not None], terms))
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -71,7 +73,7 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
 
 
 def report_threat_models(rows: list[Any]) -> list[Any]:
-    """The threat models whose tables the report has: the built-ins, then each plugin with rows here, in the
+    """The threat models whose tables and figures the report has: the built-ins, then each plugin with rows here, in the
     registry's order (a plugin that fails to load has no table; `pdm-bench list` shows it as BROKEN)."""
     registry = threat_model_registry()
     measured = {r.threat for r in rows}

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
 ATTACK_ENTRY_POINT_GROUP = "pdm_bench.attacks"
+RESILIENCY_EPS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 11))  # Figure 3's eps grid
 
 
 class AttackBackend(str, Enum):

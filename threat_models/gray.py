@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
 
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
+from pdm_bench.figures import Figure
 from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
 from pdm_bench.results import ResultRow, Threat
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
-from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, AttackBackend, AttackSpec, attack_targets, build_attack,
-                                                  parse_attack)
+from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, RESILIENCY_EPS, AttackBackend, AttackSpec, attack_targets,
+                                                  build_attack, parse_attack)
+from pdm_bench.threat_models.figures import flow_figure, resiliency_figure
 
-RESILIENCY_EPS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 11))
 GRAY_ORDER = tuple(GRAY_ATTACKS)
 
 
@@ -80,6 +82,10 @@ class GrayBox(ThreatModel):
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [attack_table(index, key="table2_graybox_auc", title="Table 2: detection AUC under the gray-box threat "
                              "model", threat=self.name, order=GRAY_ORDER)]
+
+    def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
+        figures = (resiliency_figure(index, dataset, preset), flow_figure(index, dataset, preset))
+        return [figure for figure in figures if figure is not None]
 
 
 def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend, targeted: bool,

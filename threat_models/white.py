@@ -10,6 +10,7 @@ d = mean ||x - x'||_2 / sqrt(n), beside plain C&W at the same budget (the adapti
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,12 +18,14 @@ import numpy as np
 from pdm_bench.detectors import KDEDetector, reference_embeddings
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
+from pdm_bench.figures import Figure
 from pdm_bench.results import ResultRow, value_getter
 from pdm_bench.storage import save_array
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
+from pdm_bench.threat_models.figures import distortion_figure
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, Scored, WhiteAttack, WhiteBudget,
                                            WhiteParams, budget_rows, check_schedule, mean_or_nan, require_embedding,
                                            scored_rows, search_budget, seconds_spent, start_run)
@@ -143,3 +146,7 @@ class WhiteBox(ThreatModel):
             "(C&W-wb)", threat=self.name, attack=WB, metric="distortion", interval=False,
             notes=(("AUC", WB, "auc"), ("success", WB, "success_rate"), ("criterion met", WB, "criterion_met"),
                    ("budget rung", WB, "budget_rung"), ("plain C&W AUC", CW, "auc")))]
+
+    def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
+        figure = distortion_figure(index, directory, dataset, preset)
+        return [figure] if figure is not None else []

@@ -90,7 +90,7 @@ def _resolve(*, dataset: str, defense: str, options: Mapping[str, Any] | None, p
     cache = resolve_cache_dir(cache_dir)
     data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
-                     seed=seed, epochs=epochs)
+                     seed=seed, epochs=epochs if epochs is not None else chosen.default_epochs)
     return _Config(data, chosen, plan, cache, torch_device)
 
 

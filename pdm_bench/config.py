@@ -124,10 +124,10 @@ def make_plan(
     seed: int = 0,
     epochs: int | None = None,
 ) -> TrainPlan:
-    """Resolve a preset for one dataset; ``epochs`` overrides the preset's count."""
+    """Resolve a preset for one dataset; ``epochs`` overrides the preset's count (0: the model as built)."""
     preset = get_preset(preset_name)
-    if epochs is not None and epochs <= 0:
-        raise UserError(f"--epochs must be a positive integer, got {epochs}")
+    if epochs is not None and epochs < 0:
+        raise UserError(f"--epochs must be a non-negative integer, got {epochs}")
     n_epochs = epochs if epochs is not None else preset.epochs_for(dataset)
     channels, height, _ = input_shape
     return TrainPlan(

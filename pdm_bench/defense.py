@@ -18,6 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import torch
 from torch import nn
 
+from pdm_bench.models import ModelSpec, build_model
 from pdm_bench.options import build_options
 
 
@@ -63,6 +64,7 @@ class Defense(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     negate_logits: ClassVar[bool] = False  # True: the classifier predicts with -z (reverse cross-entropy)
+    default_epochs: ClassVar[int | None] = None  # None: the preset's; e.g. 0 for a pretrained model used as it is
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext) -> torch.Tensor | LossTerms:
@@ -70,6 +72,12 @@ class Defense(ABC):
 
         ``model.embed_and_logits(x)`` returns the embedding and the raw logits (before the sign RCE models flip).
         """
+
+    def build_model(self, spec: ModelSpec) -> nn.Module:
+        """The network to train (seeded by the caller): our ResNet by default. Override it to bring your own
+        architecture (any module with the model contract: ``pdm_bench.contract.wrap`` makes one) or to load
+        pretrained weights (make the weights' file or its hash an option: options key the cache)."""
+        return build_model(spec, negate_logits=self.negate_logits)
 
     def options(self) -> dict[str, Any]:
         """The option values, as part of the cache key and the report."""

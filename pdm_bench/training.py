@@ -15,14 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from pdm_bench.config import TRAIN_FORMAT_VERSION, TrainPlan
+from pdm_bench.contract import check_classifier
 from pdm_bench.data import Dataset
 from pdm_bench.defense import Defense, TrainContext, terms_total
 from pdm_bench.errors import UserError
 from pdm_bench.inference import evaluate_accuracy
-from pdm_bench.models import ResNet, build_model
+from pdm_bench.models import ResNet
 from pdm_bench.storage import ModelEntry, atomic_save
 
 Log = Callable[[str], None]
@@ -32,7 +34,7 @@ Log = Callable[[str], None]
 class TrainedModel:
     """A trained (or reused) defended model and where it is stored."""
 
-    model: ResNet
+    model: nn.Module  # our ResNet, or the network the defense built
     defense: Defense
     plan: TrainPlan
     key: str
@@ -84,7 +86,7 @@ def train_or_load(
     meta = _read_meta(entry)
     if meta is not None and meta.get("config") != entry.config:
         raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
-    model = _new_model(defense, plan).to(device)
+    model = _new_model(defense, plan, dataset, device)
     if meta is not None and meta.get("finished") and entry.weights_path.exists():
         _load_state(model, entry.weights_path, "weights", device)
         log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
@@ -117,26 +119,30 @@ def train_or_load(
         if on_epoch_end is not None:
             on_epoch_end(epoch)
 
-    accuracy = history[-1]["test_accuracy"]
+    accuracy = history[-1]["test_accuracy"] if history else evaluate_accuracy(model, test_x, test_y, device=device)
     entry.finish(model.state_dict(), test_accuracy=accuracy, history=history)
     checkpoint_path.unlink(missing_ok=True)
     return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
 
 
-def make_optimizer(model: ResNet, plan: TrainPlan) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, plan: TrainPlan) -> torch.optim.Optimizer:
     if plan.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=plan.lr, weight_decay=plan.weight_decay)
     return torch.optim.SGD(model.parameters(), lr=plan.lr, momentum=plan.momentum, weight_decay=plan.weight_decay)
 
 
-def _new_model(defense: Defense, plan: TrainPlan) -> ResNet:
+def _new_model(defense: Defense, plan: TrainPlan, dataset: Dataset, device: torch.device) -> nn.Module:
+    """The defense's network (our ResNet unless it builds its own), seeded, checked against the model contract."""
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's global RNG
         torch.manual_seed(plan.seed)
-        return build_model(plan.model, negate_logits=defense.negate_logits)
+        model = defense.build_model(plan.model).to(device)
+    if not isinstance(model, ResNet):
+        check_classifier(model, input_shape=dataset.input_shape, num_classes=dataset.num_classes, device=device)
+    return model
 
 
 def _train_epoch(
-    model: ResNet,
+    model: nn.Module,
     optimizer: torch.optim.Optimizer,
     defense: Defense,
     plan: TrainPlan,
@@ -186,7 +192,7 @@ def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
     return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)])
 
 
-def _load_state(model: ResNet, path: Path, field: str, device: torch.device) -> dict[str, Any]:
+def _load_state(model: nn.Module, path: Path, field: str, device: torch.device) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
         model.load_state_dict(state[field])

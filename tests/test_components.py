@@ -155,3 +155,72 @@ def test_white_and_black_box_attack_a_plugin_detector(plugins: Path, tmp_path: P
     assert value[("white", "cw-wb", "log_density_mean")] > value[("white", "cw", "log_density_mean")]
     assert value[("white", "cw-wb", "auc")] < value[("white", "cw", "auc")]  # and the detector sees it less
     assert 0.0 <= value[("black", "cw-wb", "success_rate")] <= 1.0 and ("black", "cw-wb", "proxy_agreement") in value
+
+
+PRETRAINED = '''
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from pdm_bench.contract import wrap
+from pdm_bench.defenses.base import Defense
+
+
+def network(in_channels, num_classes):
+    return nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                         nn.Linear(8, num_classes))
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainedNet(Defense):
+    name = "pretrained_net"
+    description = "a small CNN loaded from a file (test plugin)"
+    default_epochs = 0
+
+    weights: str = ""
+
+    def build_model(self, spec):
+        net = network(spec.in_channels, spec.num_classes)
+        if self.weights:
+            net.load_state_dict(torch.load(self.weights, weights_only=True))
+        return wrap(net, embedding="3")
+
+    def loss(self, model, x, y, context):
+        return F.cross_entropy(model.embed_and_logits(x)[1], y)
+'''
+
+
+def test_a_defense_brings_its_own_pretrained_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fake_dist: Callable[..., None], cli: Callable[..., CliResult]) -> None:
+    """A defense that builds its own architecture and loads weights: zero epochs by default (used as it is), or
+    fine-tuned with --epochs; evaluated like any other."""
+    import torch
+
+    from pdm_bench.data import load_dataset
+
+    site = tmp_path / "site"
+    fake_dist(site, "pdm-pretrained-net", {"pdm_pretrained_net.py": PRETRAINED},
+              {"pdm_bench.defenses": {"pretrained_net": "pdm_pretrained_net:PretrainedNet"}})
+    monkeypatch.syspath_prepend(str(site))
+    import pdm_pretrained_net  # type: ignore[import-not-found]
+
+    torch.manual_seed(3)
+    net = pdm_pretrained_net.network(1, 10)
+    weights = tmp_path / "net.pt"
+    torch.save(net.state_dict(), weights)
+    data = load_dataset("digits")
+    with torch.no_grad():
+        expected = float((net(torch.as_tensor(data.x_test)).argmax(1).numpy() == data.y_test).mean())
+
+    used = cli("train", "--defense", "pretrained_net", "-o", f"weights={weights}", "--no-progress")
+    assert used.code == 0, used.err
+    assert f"Clean test accuracy: {100 * expected:.2f}%" in used.out and "epoch 1/" not in used.out
+    tuned = cli("train", "--defense", "pretrained_net", "-o", f"weights={weights}", "--epochs", "1", "--no-progress")
+    assert tuned.code == 0 and "epoch 1/1" in tuned.out
+    gray = cli("run", "--threat", "gray", "--defense", "pretrained_net", "-o", f"weights={weights}", "--attacks", "fgsm-0.1",
+               "--no-resiliency", "--n-samples", "30", "--no-progress", "--results-dir", str(tmp_path / "results"))
+    assert gray.code == 0, gray.err
+    rows = read_csv(tmp_path / "results" / "results.csv")
+    assert any(r["defense"] == "pretrained_net" and r["attack"] == "fgsm-0.1" and r["metric"] == "auc" for r in rows)

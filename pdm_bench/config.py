@@ -13,16 +13,36 @@ import os
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
-
-import torch
+from typing import TYPE_CHECKING, Any, Literal
 
 from pdm_bench.errors import UserError, unknown_name_error
-from pdm_bench.models import ModelSpec
+
+if TYPE_CHECKING:
+    import torch
 
 CACHE_ENV = "PDM_BENCH_CACHE"
 DATA_ENV = "PDM_BENCH_DATA"
 TRAIN_FORMAT_VERSION = 1  # bump when the training loop changes what a given config produces
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSpec:
+    """Everything that fixes a network's architecture (models as data)."""
+
+    depth: int = 20
+    width: int = 16
+    in_channels: int = 1
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.depth < 8 or (self.depth - 2) % 6:
+            raise ValueError(f"expected a ResNet depth of the form 6n+2 (8, 14, 20, 32, 56, ...), got {self.depth}")
+        if self.width < 1:
+            raise ValueError(f"expected a positive width, got {self.width}")
+
+    @property
+    def embedding_dim(self) -> int:
+        return 4 * self.width
 
 
 class PresetName(str, Enum):
@@ -165,6 +185,8 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` picks ``cuda`` when present; asking for an absent device is a :class:`UserError`."""
+    import torch  # here, not at the top: the CLI's --help and list must not wait for torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cpu":

@@ -7,34 +7,15 @@ child), so ART's ``get_activations(x, "embedding")`` and a plain forward hook bo
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from pdm_bench.config import ModelSpec
+
 LEAKY_SLOPE = 0.1
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelSpec:
-    """Everything that fixes a network's architecture (models as data)."""
-
-    depth: int = 20
-    width: int = 16
-    in_channels: int = 1
-    num_classes: int = 10
-
-    def __post_init__(self) -> None:
-        if self.depth < 8 or (self.depth - 2) % 6:
-            raise ValueError(f"expected a ResNet depth of the form 6n+2 (8, 14, 20, 32, 56, ...), got {self.depth}")
-        if self.width < 1:
-            raise ValueError(f"expected a positive width, got {self.width}")
-
-    @property
-    def embedding_dim(self) -> int:
-        return 4 * self.width
 
 
 class BasicBlock(nn.Module):

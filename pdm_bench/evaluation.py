@@ -14,7 +14,7 @@ from pdm_bench.config import config_key
 from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.inference import embed_and_predict
-from pdm_bench.results import ResultRow, ResultsStore, now
+from pdm_bench.results import Metric, ResultRow, ResultsStore, now
 from pdm_bench.storage import chunked_array
 
 if TYPE_CHECKING:
@@ -85,7 +85,7 @@ class Evaluation:
     def record_clean(self, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The clean images' predictions and scores; their accuracy and the detector's fitted values as rows (once)."""
         clean_pred, clean_score = self.score(model, x)
-        rows = [self.row("clean", "accuracy", float((clean_pred == y).mean()), len(y)),
+        rows = [self.row("clean", Metric.ACCURACY, float((clean_pred == y).mean()), len(y)),
                 *(self.row("clean", metric, value, len(y)) for metric, value in self.detector.fitted_values().items())]
-        self.results.append(rows, completes="clean", legacy=("clean", "accuracy"))
+        self.results.append(rows, completes="clean", legacy=("clean", Metric.ACCURACY))
         return clean_pred, clean_score

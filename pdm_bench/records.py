@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from pdm_bench.data import Dataset
-from pdm_bench.results import ResultRow, ResultsStore, Threat, now
+from pdm_bench.results import Metric, ResultRow, ResultsStore, Threat, now
 from pdm_bench.storage import atomic_write_text
 from pdm_bench.training import TrainedModel
 
@@ -40,10 +40,10 @@ def model_row(data: Dataset, trained: TrainedModel, attack: str, metric: str, va
 def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, device: torch.device,
                  geometry: bool = True, points: int = 1000, log: Any = print) -> None:
     """Clean test accuracy and (once per model) the embedding geometry, as rows; t-SNE to ``embeddings/``."""
-    if not store.finished(trained.key, "clean", legacy=("clean", "test_accuracy")):
-        store.append([model_row(data, trained, "clean", "test_accuracy", trained.test_accuracy, len(data.y_test))],
-                     completes="clean", legacy=("clean", "test_accuracy"))
-    if geometry and not store.finished(trained.key, "embedding", legacy=("embedding", "margin_bound")):
+    if not store.finished(trained.key, "clean", legacy=("clean", Metric.TEST_ACCURACY)):
+        store.append([model_row(data, trained, "clean", Metric.TEST_ACCURACY, trained.test_accuracy, len(data.y_test))],
+                     completes="clean", legacy=("clean", Metric.TEST_ACCURACY))
+    if geometry and not store.finished(trained.key, "embedding", legacy=("embedding", Metric.MARGIN_BOUND)):
         from pdm_bench.analysis import measure_geometry
 
         started = time.perf_counter()
@@ -53,7 +53,7 @@ def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, d
         values = {"davies_bouldin": g.davies_bouldin, "embedding_margin": g.margin, "embedding_margin_mean": g.margin_mean,
                   "jacobian_frobenius": g.jacobian_frobenius, "margin_bound": g.bound}
         store.append([model_row(data, trained, "embedding", k, v, g.n) for k, v in values.items()],
-                     completes="embedding", legacy=("embedding", "margin_bound"))
+                     completes="embedding", legacy=("embedding", Metric.MARGIN_BOUND))
         log(f"Embedding geometry ({g.n} test images, {time.perf_counter() - started:.1f} s): Davies-Bouldin "
             f"{g.davies_bouldin:.3f}, margin eta {g.margin:.4g}, mean ||J||_F {g.jacobian_frobenius:.4g}, "
             f"eta/||J|| {g.bound:.4g}")

@@ -27,7 +27,14 @@ RESULTS_FILE = "results.csv"
 DEFAULT_DETECTOR = "kde"
 
 
-class Threat(str, Enum):
+class Name(str, Enum):
+    """A closed set of names: each member is its string (equal to it, and printed as it in f-strings and files)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class Threat(Name):
     """Built-in values of the ``threat`` column (``model`` rows describe a trained model, not an attack)."""
 
     MODEL = "model"
@@ -36,7 +43,7 @@ class Threat(str, Enum):
     BLACK = "black"
 
 
-class Attack(str, Enum):
+class Attack(Name):
     """Built-in values of the ``attack`` column besides the gray box's attack names."""
 
     CLEAN = "clean"
@@ -45,11 +52,17 @@ class Attack(str, Enum):
     CW_WB = "cw-wb"
 
 
-class Metric(str, Enum):
-    """The metrics that readers look up (writers may add more, e.g. ``flow_S_T`` counts)."""
+class Metric(Name):
+    """The built-in metrics, written and read by these names (plugins may write their own strings). Besides these,
+    the gray box writes ``flow_S_T`` counts (:func:`flow_metric`)."""
 
     FINISHED = "finished"
     TEST_ACCURACY = "test_accuracy"
+    DAVIES_BOULDIN = "davies_bouldin"
+    EMBEDDING_MARGIN = "embedding_margin"
+    EMBEDDING_MARGIN_MEAN = "embedding_margin_mean"
+    JACOBIAN_FROBENIUS = "jacobian_frobenius"
+    MARGIN_BOUND = "margin_bound"
     ACCURACY = "accuracy"
     BANDWIDTH = "bandwidth"
     AUC = "auc"
@@ -57,12 +70,38 @@ class Metric(str, Enum):
     AUC_HIGH = "auc_high"
     SUCCESS_RATE = "success_rate"
     PAIRS_KEPT = "pairs_kept"
-    DISTORTION = "distortion"
-    CRITERION_MET = "criterion_met"
-    BUDGET_RUNG = "budget_rung"
-    PROXY_AGREEMENT = "proxy_agreement"
-    MARGIN_BOUND = "margin_bound"
+    L2_MEAN = "l2_mean"
+    LINF_MEAN = "linf_mean"
+    L0_MEAN = "l0_mean"
+    ATTACK_SECONDS = "attack_seconds"
     FLOW_TOTAL = "flow_total"
+    DISTORTION = "distortion"
+    DISTORTION_MEDIAN = "distortion_median"
+    LOG_DENSITY_MEAN = "log_density_mean"
+    BUDGET_ITERATIONS = "budget_iterations"
+    BUDGET_SEARCH_STEPS = "budget_search_steps"
+    BUDGET_INITIAL_CONST = "budget_initial_const"
+    BUDGET_LEARNING_RATE = "budget_learning_rate"
+    BUDGET_RUNG = "budget_rung"
+    KDE_POINTS = "kde_points"
+    TAU_QUANTILE = "tau_quantile"
+    CRITERION_MET = "criterion_met"
+    TARGET_HIT_RATE = "target_hit_rate"
+    STAGE1_SUCCESS_RATE = "stage1_success_rate"
+    STAGE1_SECONDS = "stage1_seconds"
+    PROXY_AGREEMENT = "proxy_agreement"
+    PROXY_ACCURACY = "proxy_accuracy"
+    PROXY_AUC = "proxy_auc"
+    PROXY_SUCCESS_RATE = "proxy_success_rate"
+    PROXY_DISTORTION = "proxy_distortion"
+    PROXY_SECONDS = "proxy_seconds"
+    ATTACKER_BANDWIDTH = "attacker_bandwidth"
+    PROXY_DEPTH = "proxy_depth"
+
+
+def flow_metric(source: int, target: int) -> str:
+    """Kept pairs of true class ``source`` whose adversarial is classified ``target`` (Figure 1b)."""
+    return f"flow_{source}_{target}"
 
 
 @dataclass(frozen=True)
@@ -81,6 +120,12 @@ class ResultRow:
     run_id: str
     time: str
     detector: str = DEFAULT_DETECTOR
+
+    def __post_init__(self) -> None:
+        for name in ("threat", "attack", "metric"):  # an enum member is stored as its value
+            value = getattr(self, name)
+            if isinstance(value, Enum):
+                object.__setattr__(self, name, value.value)
 
 
 COLUMNS = tuple(f.name for f in fields(ResultRow))

@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from pdm_bench.results import DEFAULT_DETECTOR, ResultRow, Threat
+from pdm_bench.results import DEFAULT_DETECTOR, Metric, ResultRow, Threat
 
 BUILT_IN_ORDER = ("baseline", "rce", "siamese_rvl", "pdm")
 
@@ -171,7 +171,7 @@ def attack_table(index: RowIndex, *, key: str, title: str, threat: str, order: I
     defense) column, with interval, success rate and pairs."""
     order = tuple(order)
     columns, cells = [], {}
-    present = {r.attack for r in index.rows if r.threat == threat and r.metric == "auc"}
+    present = {r.attack for r in index.rows if r.threat == threat and r.metric == Metric.AUC}
     attacks = [*order, *sorted(present - set(order))]
     for dataset, preset in index.blocks:
         columns += [(block_name(dataset, preset), defense) for defense in index.evaluated(dataset, preset)]
@@ -180,7 +180,7 @@ def attack_table(index: RowIndex, *, key: str, title: str, threat: str, order: I
         for attack in attacks:
             cells[(attack, (block, defense))] = index.cell(
                 dataset, preset, defense, threat, attack, "auc", interval=True,
-                notes=(("success", attack, "success_rate"), ("pairs", attack, "pairs_kept")))
+                notes=(("success", attack, Metric.SUCCESS_RATE), ("pairs", attack, Metric.PAIRS_KEPT)))
     table = Table(key, title, "attack", attacks, columns, cells)
     mark_best(table)
     return table

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pdm_bench.figures import Figure, encode, pyplot
 from pdm_bench.records import read_tsne
+from pdm_bench.results import Metric
 from pdm_bench.tables import RowIndex, block_name
 
 
@@ -15,10 +16,10 @@ def tsne_figure(index: RowIndex, directory: Path, dataset: str, preset: str) -> 
     plt = pyplot()
     panels = []
     for defense in index.defenses(dataset, preset, "model"):
-        runs = index.chosen_runs(dataset, preset, defense, "model", "embedding", "davies_bouldin")
+        runs = index.chosen_runs(dataset, preset, defense, "model", "embedding", Metric.DAVIES_BOULDIN)
         points = read_tsne(directory, runs[0]) if runs else None
         if points is not None:
-            panels.append((defense, index.value(runs[0], "embedding", "davies_bouldin"), points))
+            panels.append((defense, index.value(runs[0], "embedding", Metric.DAVIES_BOULDIN), points))
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
@@ -38,13 +39,13 @@ def bound_figure(index: RowIndex, dataset: str, preset: str) -> tuple[Figure | N
     plt = pyplot()
     terms: list[dict[str, float | str]] = []
     for defense in index.defenses(dataset, preset, "model"):
-        runs = index.chosen_runs(dataset, preset, defense, "model", "embedding", "margin_bound")
+        runs = index.chosen_runs(dataset, preset, defense, "model", "embedding", Metric.MARGIN_BOUND)
         if not runs:
             continue
         get = lambda metric: index.value(runs[0], "embedding", metric)  # noqa: E731
-        terms.append({"defense": defense, "margin": get("embedding_margin"), "margin_mean": get("embedding_margin_mean"),
-                      "jacobian": get("jacobian_frobenius"), "bound": get("margin_bound"), "dbi": get("davies_bouldin"),
-                      "n": index.by_run[runs[0]][("embedding", "margin_bound")].n})
+        terms.append({"defense": defense, "margin": get(Metric.EMBEDDING_MARGIN), "margin_mean": get(Metric.EMBEDDING_MARGIN_MEAN),
+                      "jacobian": get(Metric.JACOBIAN_FROBENIUS), "bound": get(Metric.MARGIN_BOUND), "dbi": get(Metric.DAVIES_BOULDIN),
+                      "n": index.by_run[runs[0]][("embedding", Metric.MARGIN_BOUND)].n})
     if not terms:
         return None, terms
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.9))

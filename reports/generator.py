@@ -23,7 +23,7 @@ from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
                                             paper_dataset)
 from pdm_bench.reports.tables import all_tables
-from pdm_bench.results import ResultsStore
+from pdm_bench.results import Metric, ResultsStore
 from pdm_bench.storage import atomic_write_text
 from pdm_bench.tables import COUNT_NOTES, RowIndex, Table, block_name
 
@@ -148,8 +148,8 @@ def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
     for run_id in sorted(index.used_runs, key=lambda r: (index.run_time[r], r)):
         first = next(iter(index.by_run[run_id].values()))
         record = runs.get(run_id, {})
-        clean = index.by_run[run_id].get(("clean", "accuracy")) or index.by_run[run_id].get(("clean", "test_accuracy"))
-        bandwidth = index.value(run_id, "clean", "bandwidth")
+        clean = index.by_run[run_id].get(("clean", Metric.ACCURACY)) or index.by_run[run_id].get(("clean", Metric.TEST_ACCURACY))
+        bandwidth = index.value(run_id, "clean", Metric.BANDWIDTH)
         used.append({"run_id": run_id, "dataset": first.dataset, "preset": first.preset, "seed": first.seed,
                      "defense": first.defense, "threat": first.threat, "n": clean.n if clean else "",
                      "bandwidth": f"{bandwidth:.4g}" if bandwidth is not None else "",

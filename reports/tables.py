@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from pdm_bench.results import Metric
 from pdm_bench.tables import RowIndex, Table, block_name, defense_order, mark_best
 from pdm_bench.threat import ThreatModel
 
@@ -13,7 +14,7 @@ def accuracy_table(index: RowIndex) -> Table:
     """Table 1: clean test accuracy (%) on the whole test set, dataset rows x defense columns."""
     defenses = defense_order(r.defense for r in index.rows)
     rows = [block_name(d, p) for d, p in index.blocks]
-    cells = {(block_name(d, p), ("", f)): index.cell(d, p, f, "model", "clean", "test_accuracy")
+    cells = {(block_name(d, p), ("", f)): index.cell(d, p, f, "model", "clean", Metric.TEST_ACCURACY)
              for d, p in index.blocks for f in defenses}
     table = Table("table1_accuracy", "Table 1: clean test accuracy (%)", "dataset", rows,
                   [("", f) for f in defenses], cells, digits=2, scale=100.0)

@@ -31,7 +31,7 @@ from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict, predict_logits
 from pdm_bench.models import ModelSpec, ResNet, build_model
-from pdm_bench.results import ResultRow, value_getter
+from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import ModelEntry
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
@@ -150,7 +150,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
                 "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
                 "stage1_search_steps": stage1_search_steps}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "black", settings, budgets)
-    if ev.results.finished(ev.run_id, WB, legacy=(WB, "auc")):
+    if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.AUC)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
@@ -170,19 +170,19 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
                  for name, s in ((CW, search.plain), (WB, final.wb))}
     n = len(on_target[WB].keep)
     main = scored_rows(ev, WB, on_target[WB], y, clean_pred)
-    extra = [ev.row(WB, "target_hit_rate", float((on_target[WB].pred == targets).mean()), len(y)),
-             ev.row(CW, "target_hit_rate", float((on_target[CW].pred == targets).mean()), len(y)),
-             ev.row(WB, "proxy_agreement", proxy.agreement, len(data.y_test)),
-             ev.row(WB, "proxy_accuracy", proxy.accuracy, len(data.y_test)),
-             ev.row(WB, "proxy_auc", final.wb.auc.value, len(final.wb.keep)),
-             ev.row(WB, "proxy_success_rate", final.wb.success, int((proxy_clean[0] == y).sum())),
-             ev.row(WB, "proxy_distortion", mean_or_nan(final.wb.distortion), len(final.wb.keep)),
-             ev.row(WB, "proxy_seconds", proxy.seconds, len(data.x_train)),
-             ev.row(WB, "attacker_bandwidth", own_kde.bandwidth, len(y)),
-             ev.row(WB, "proxy_depth", proxy.plan.model.depth, n)]
+    extra = [ev.row(WB, Metric.TARGET_HIT_RATE, float((on_target[WB].pred == targets).mean()), len(y)),
+             ev.row(CW, Metric.TARGET_HIT_RATE, float((on_target[CW].pred == targets).mean()), len(y)),
+             ev.row(WB, Metric.PROXY_AGREEMENT, proxy.agreement, len(data.y_test)),
+             ev.row(WB, Metric.PROXY_ACCURACY, proxy.accuracy, len(data.y_test)),
+             ev.row(WB, Metric.PROXY_AUC, final.wb.auc.value, len(final.wb.keep)),
+             ev.row(WB, Metric.PROXY_SUCCESS_RATE, final.wb.success, int((proxy_clean[0] == y).sum())),
+             ev.row(WB, Metric.PROXY_DISTORTION, mean_or_nan(final.wb.distortion), len(final.wb.keep)),
+             ev.row(WB, Metric.PROXY_SECONDS, proxy.seconds, len(data.x_train)),
+             ev.row(WB, Metric.ATTACKER_BANDWIDTH, own_kde.bandwidth, len(y)),
+             ev.row(WB, Metric.PROXY_DEPTH, proxy.plan.model.depth, n)]
     ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
                        *main],
-                      completes=WB, legacy=(WB, "auc"))
+                      completes=WB, legacy=(WB, Metric.AUC))
     return ev.results.run_rows(ev.run_id)
 
 
@@ -244,7 +244,7 @@ class BlackBox(ThreatModel):
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [per_dataset_table(
             index, key="table4_blackbox_auc", title="Table 4: detection AUC under the black-box threat model",
-            threat=self.name, attack=WB, metric="auc", interval=True, flag="criterion not met on the proxy",
-            notes=(("transfer success", WB, "success_rate"), ("pairs", WB, "pairs_kept"),
-                   ("proxy agreement", WB, "proxy_agreement"), ("criterion met", WB, "criterion_met"),
-                   ("budget rung", WB, "budget_rung")))]
+            threat=self.name, attack=WB, metric=Metric.AUC, interval=True, flag="criterion not met on the proxy",
+            notes=(("transfer success", WB, Metric.SUCCESS_RATE), ("pairs", WB, Metric.PAIRS_KEPT),
+                   ("proxy agreement", WB, Metric.PROXY_AGREEMENT), ("criterion met", WB, Metric.CRITERION_MET),
+                   ("budget rung", WB, Metric.BUDGET_RUNG)))]

@@ -25,7 +25,7 @@ from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict
 from pdm_bench.metrics import Interval, detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import Attack, ResultRow
+from pdm_bench.results import Attack, Metric, ResultRow
 from pdm_bench.threat import ThreatParams
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, DensityScore, Threshold, class_log_thresholds
@@ -292,24 +292,24 @@ def mean_or_nan(values: np.ndarray) -> float:
 def scored_rows(ev: Evaluation, name: str, s: Scored, y: np.ndarray, clean_pred: np.ndarray) -> list[ResultRow]:
     """auc (+ interval), success rate, pairs kept, distortion d (mean, median) and mean adversarial log-density."""
     n = len(s.keep)
-    return [ev.row(name, "auc", s.auc.value, n), ev.row(name, "auc_low", s.auc.low, n),
-            ev.row(name, "auc_high", s.auc.high, n),
-            ev.row(name, "success_rate", s.success, int((clean_pred == y).sum())), ev.row(name, "pairs_kept", n, len(y)),
-            ev.row(name, "distortion", mean_or_nan(s.distortion), n),
-            ev.row(name, "distortion_median", float(np.median(s.distortion)) if n else float("nan"), n),
-            ev.row(name, "log_density_mean", mean_or_nan(s.score[s.keep]), n),
-            ev.row(name, "attack_seconds", s.seconds, len(y))]
+    return [ev.row(name, Metric.AUC, s.auc.value, n), ev.row(name, Metric.AUC_LOW, s.auc.low, n),
+            ev.row(name, Metric.AUC_HIGH, s.auc.high, n),
+            ev.row(name, Metric.SUCCESS_RATE, s.success, int((clean_pred == y).sum())), ev.row(name, Metric.PAIRS_KEPT, n, len(y)),
+            ev.row(name, Metric.DISTORTION, mean_or_nan(s.distortion), n),
+            ev.row(name, Metric.DISTORTION_MEDIAN, float(np.median(s.distortion)) if n else float("nan"), n),
+            ev.row(name, Metric.LOG_DENSITY_MEAN, mean_or_nan(s.score[s.keep]), n),
+            ev.row(name, Metric.ATTACK_SECONDS, s.seconds, len(y))]
 
 
 def budget_rows(ev: Evaluation, name: str, rung: Rung, n: int, *, kde_points: int) -> list[ResultRow]:
     """The budget ``rung`` used; ``kde_points`` is the run's (a rung may override it)."""
     b = rung.budget
-    return [ev.row(name, "budget_iterations", b.max_iter, n), ev.row(name, "budget_search_steps", b.binary_search_steps, n),
-            ev.row(name, "budget_initial_const", b.initial_const, n),
-            ev.row(name, "budget_learning_rate", b.learning_rate, n),
-            ev.row(name, "budget_rung", rung.index + 1, n), ev.row(name, "kde_points", b.kde_points or kde_points, n),
-            ev.row(name, "tau_quantile", b.tau_quantile, n),
-            ev.row(name, "criterion_met", float(rung.met), n)]
+    return [ev.row(name, Metric.BUDGET_ITERATIONS, b.max_iter, n), ev.row(name, Metric.BUDGET_SEARCH_STEPS, b.binary_search_steps, n),
+            ev.row(name, Metric.BUDGET_INITIAL_CONST, b.initial_const, n),
+            ev.row(name, Metric.BUDGET_LEARNING_RATE, b.learning_rate, n),
+            ev.row(name, Metric.BUDGET_RUNG, rung.index + 1, n), ev.row(name, Metric.KDE_POINTS, b.kde_points or kde_points, n),
+            ev.row(name, Metric.TAU_QUANTILE, b.tau_quantile, n),
+            ev.row(name, Metric.CRITERION_MET, float(rung.met), n)]
 
 
 def start_run(ev: Evaluation, threat: str, settings: dict[str, Any], budgets: Sequence[WhiteBudget]

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pdm_bench.figures import Figure, encode, pyplot
-from pdm_bench.results import Attack
+from pdm_bench.results import Attack, Metric
 from pdm_bench.tables import RowIndex, block_name
 from pdm_bench.threat_models.attack_specs import RESILIENCY_EPS
 
@@ -22,13 +22,13 @@ def resiliency_figure(index: RowIndex, dataset: str, preset: str) -> Figure | No
     plt = pyplot()
     curves: dict[str, dict[str, list[float]]] = {}
     for defense in index.defenses(dataset, preset, "gray"):
-        runs = index.chosen_runs(dataset, preset, defense, "gray", "fgsm-0.01", "accuracy")
+        runs = index.chosen_runs(dataset, preset, defense, "gray", "fgsm-0.01", Metric.ACCURACY)
         if not runs:
             continue
         run = runs[0]
-        clean = index.value(run, "clean", "accuracy")
+        clean = index.value(run, "clean", Metric.ACCURACY)
         curves[defense] = {family: [clean if clean is not None else math.nan] +
-                           [v if (v := index.value(run, f"{family}-{eps:g}", "accuracy")) is not None else math.nan
+                           [v if (v := index.value(run, f"{family}-{eps:g}", Metric.ACCURACY)) is not None else math.nan
                             for eps in RESILIENCY_EPS] for family in ("fgsm", "bim")}
     if not curves:
         return None
@@ -66,7 +66,7 @@ def flow_figure(index: RowIndex, dataset: str, preset: str, attack: str = "cw") 
                    and (r.dataset, r.preset) == (dataset, preset)), default=0)
     panels = []
     for defense in index.defenses(dataset, preset, "gray"):
-        runs = index.chosen_runs(dataset, preset, defense, "gray", attack, "flow_total")
+        runs = index.chosen_runs(dataset, preset, defense, "gray", attack, Metric.FLOW_TOTAL)
         matrix = flow_matrix(index, runs[0], attack, max(classes, 2)) if runs else None
         if matrix is not None:
             panels.append((defense, matrix))
@@ -93,7 +93,7 @@ def distortion_figure(index: RowIndex, directory: Path, dataset: str, preset: st
     plt = pyplot()
     series = []
     for defense in index.defenses(dataset, preset, "white"):
-        runs = index.chosen_runs(dataset, preset, defense, "white", Attack.CW_WB.value, "distortion")
+        runs = index.chosen_runs(dataset, preset, defense, "white", Attack.CW_WB.value, Metric.DISTORTION)
         files = sorted((directory / "distortions").glob(f"*-{Attack.CW_WB.value}-{runs[0]}.npy")) if runs else []
         if files:
             try:

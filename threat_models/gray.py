@@ -18,7 +18,7 @@ from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
 from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import ResultRow, Threat
+from pdm_bench.results import Metric, ResultRow, Threat, flow_metric
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, RESILIENCY_EPS, AttackBackend, AttackSpec, attack_targets,
@@ -108,7 +108,7 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         return ev.cached_adversarials(spec.name, params, lambda part: attack.generate(x[part], y=one_hot[part]))
 
     for spec in specs:
-        if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, "auc")):
+        if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, Metric.AUC)):
             ev.log(f"{spec.name}: already in {ev.results.path}, skipped")
             continue
         ev.log(f"{spec.name}: attacking {len(y)} images ...")
@@ -119,29 +119,29 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         sizes = distortions(x[keep], x_adv[keep])
         n = len(keep)
         ev.results.append([
-            ev.row(spec.name, "auc", auc.value, n), ev.row(spec.name, "auc_low", auc.low, n),
-            ev.row(spec.name, "auc_high", auc.high, n),
-            ev.row(spec.name, "success_rate", success_rate(y, clean_pred, adv_pred), int((clean_pred == y).sum())),
-            ev.row(spec.name, "pairs_kept", n, len(y)),
-            ev.row(spec.name, "accuracy", float((adv_pred == y).mean()), len(y)),
+            ev.row(spec.name, Metric.AUC, auc.value, n), ev.row(spec.name, Metric.AUC_LOW, auc.low, n),
+            ev.row(spec.name, Metric.AUC_HIGH, auc.high, n),
+            ev.row(spec.name, Metric.SUCCESS_RATE, success_rate(y, clean_pred, adv_pred), int((clean_pred == y).sum())),
+            ev.row(spec.name, Metric.PAIRS_KEPT, n, len(y)),
+            ev.row(spec.name, Metric.ACCURACY, float((adv_pred == y).mean()), len(y)),
             *(ev.row(spec.name, f"{k}_mean", float(v.mean()) if n else float("nan"), n) for k, v in sizes.items()),
-            ev.row(spec.name, "attack_seconds", seconds, len(y)),
+            ev.row(spec.name, Metric.ATTACK_SECONDS, seconds, len(y)),
             *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
-        ], completes=spec.name, legacy=(spec.name, "auc"))  # another process may have run the same attack
+        ], completes=spec.name, legacy=(spec.name, Metric.AUC))  # another process may have run the same attack
     if resiliency:
         for family in ("fgsm", "bim"):
             for eps in RESILIENCY_EPS:
                 spec = parse_attack(f"{family}-{eps:g}")
-                if ev.results.has(ev.run_id, spec.name, "accuracy"):  # measured here or as one of the attacks
+                if ev.results.has(ev.run_id, spec.name, Metric.ACCURACY):  # measured here or as one of the attacks
                     continue
                 ev.log(f"resiliency: {spec.name}")
                 x_adv, _ = adversarials(spec)
                 adv_pred, _ = ev.score(model, x_adv)
-                rows = [ev.row(spec.name, "accuracy", float((adv_pred == y).mean()), len(y)),
-                        ev.row(spec.name, "success_rate", success_rate(y, clean_pred, adv_pred),
+                rows = [ev.row(spec.name, Metric.ACCURACY, float((adv_pred == y).mean()), len(y)),
+                        ev.row(spec.name, Metric.SUCCESS_RATE, success_rate(y, clean_pred, adv_pred),
                                int((clean_pred == y).sum()))]
                 ev.results.append(rows, completes=f"resiliency:{spec.name}",
-                                   legacy=(spec.name, "accuracy"))
+                                   legacy=(spec.name, Metric.ACCURACY))
     return ev.results.run_rows(ev.run_id)
 
 
@@ -149,8 +149,8 @@ def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarr
     """Figure 1b's counts: ``flow_S_T`` = kept pairs of true class S whose adversarial is classified T, and
     ``flow_total``."""
     pairs, counts = np.unique(np.stack([sources, landed]), axis=1, return_counts=True)
-    return [*(ev.row(attack, f"flow_{s}_{t}", int(c), len(sources)) for (s, t), c in zip(pairs.T.tolist(), counts)),
-            ev.row(attack, "flow_total", len(sources), len(sources))]
+    return [*(ev.row(attack, flow_metric(s, t), int(c), len(sources)) for (s, t), c in zip(pairs.T.tolist(), counts)),
+            ev.row(attack, Metric.FLOW_TOTAL, len(sources), len(sources))]
 
 
 def gray_table(rows: list[ResultRow], attack_names: list[str]) -> str:

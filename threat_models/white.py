@@ -19,7 +19,7 @@ from pdm_bench.detectors import KDEDetector, reference_embeddings
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
-from pdm_bench.results import ResultRow, value_getter
+from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import save_array
 from pdm_bench.tables import RowIndex, Table, per_dataset_table
 from pdm_bench.threat import ThreatModel
@@ -59,7 +59,7 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
                 "stage1_search_steps": stage1_search_steps}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "white", settings, budgets)
     data = ev.dataset
-    if ev.results.finished(ev.run_id, WB, legacy=(WB, "distortion")):
+    if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.DISTORTION)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
     reference = None if isinstance(ev.detector, KDEDetector) else reference_embeddings(
@@ -79,17 +79,17 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     save_distortions(ev, WB, final.wb)
     n, correct = len(final.wb.keep), int((clean_pred == y).sum())
     trials = [row for r in search.rungs for row in (
-        ev.row(f"{WB}@{r.index + 1}", "auc", r.wb.auc.value, len(r.wb.keep)),
-        ev.row(f"{WB}@{r.index + 1}", "success_rate", r.wb.success, correct),
-        ev.row(f"{WB}@{r.index + 1}", "distortion", mean_or_nan(r.wb.distortion), len(r.wb.keep)),
-        ev.row(f"{WB}@{r.index + 1}", "stage1_success_rate", r.stage1.success, correct),
-        ev.row(f"{WB}@{r.index + 1}", "attack_seconds", seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
+        ev.row(f"{WB}@{r.index + 1}", Metric.AUC, r.wb.auc.value, len(r.wb.keep)),
+        ev.row(f"{WB}@{r.index + 1}", Metric.SUCCESS_RATE, r.wb.success, correct),
+        ev.row(f"{WB}@{r.index + 1}", Metric.DISTORTION, mean_or_nan(r.wb.distortion), len(r.wb.keep)),
+        ev.row(f"{WB}@{r.index + 1}", Metric.STAGE1_SUCCESS_RATE, r.stage1.success, correct),
+        ev.row(f"{WB}@{r.index + 1}", Metric.ATTACK_SECONDS, seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
     ev.results.append([*scored_rows(ev, CW, search.plain, y, clean_pred), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),
-                       ev.row(WB, "target_hit_rate", float((final.wb.pred == targets).mean()), len(y)),
-                       ev.row(WB, "stage1_success_rate", final.stage1.success, correct),
-                       ev.row(WB, "stage1_seconds", final.stage1.seconds, len(y)),
+                       ev.row(WB, Metric.TARGET_HIT_RATE, float((final.wb.pred == targets).mean()), len(y)),
+                       ev.row(WB, Metric.STAGE1_SUCCESS_RATE, final.stage1.success, correct),
+                       ev.row(WB, Metric.STAGE1_SECONDS, final.stage1.seconds, len(y)),
                        *scored_rows(ev, WB, final.wb, y, clean_pred)],
-                      completes=WB, legacy=(WB, "distortion"))
+                      completes=WB, legacy=(WB, Metric.DISTORTION))
     return ev.results.run_rows(ev.run_id)
 
 
@@ -143,9 +143,9 @@ class WhiteBox(ThreatModel):
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [per_dataset_table(
             index, key="table3_whitebox_distortion", title="Table 3: distortion d under the white-box threat model "
-            "(C&W-wb)", threat=self.name, attack=WB, metric="distortion", interval=False,
-            notes=(("AUC", WB, "auc"), ("success", WB, "success_rate"), ("criterion met", WB, "criterion_met"),
-                   ("budget rung", WB, "budget_rung"), ("plain C&W AUC", CW, "auc")))]
+            "(C&W-wb)", threat=self.name, attack=WB, metric=Metric.DISTORTION, interval=False,
+            notes=(("AUC", WB, Metric.AUC), ("success", WB, Metric.SUCCESS_RATE), ("criterion met", WB, Metric.CRITERION_MET),
+                   ("budget rung", WB, Metric.BUDGET_RUNG), ("plain C&W AUC", CW, Metric.AUC)))]
 
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         figure = distortion_figure(index, directory, dataset, preset)

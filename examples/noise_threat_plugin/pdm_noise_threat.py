@@ -13,7 +13,7 @@ import numpy as np
 
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.metrics import detection_auc
-from pdm_bench.results import ResultRow
+from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 
@@ -53,18 +53,18 @@ class UniformNoise(ThreatModel):
         correct = clean_pred == y
         flipped = float((noisy_pred[correct] != y[correct]).mean()) if correct.any() else float("nan")
         n = len(y)
-        ev.results.append([ev.row(label, "auc", auc.value, n), ev.row(label, "auc_low", auc.low, n),
-                           ev.row(label, "auc_high", auc.high, n), ev.row(label, "success_rate", flipped, int(correct.sum())),
-                           ev.row(label, "pairs_kept", n, n), ev.row(label, "accuracy", float((noisy_pred == y).mean()), n)],
+        ev.results.append([ev.row(label, Metric.AUC, auc.value, n), ev.row(label, Metric.AUC_LOW, auc.low, n),
+                           ev.row(label, Metric.AUC_HIGH, auc.high, n),
+                           ev.row(label, Metric.SUCCESS_RATE, flipped, int(correct.sum())),
+                           ev.row(label, Metric.PAIRS_KEPT, n, n),
+                           ev.row(label, Metric.ACCURACY, float((noisy_pred == y).mean()), n)],
                           completes=label)
         return ev.results.run_rows(ev.run_id)
 
     def summary(self, rows: list[ResultRow]) -> str:
-        values = {(r.attack, r.metric): r.value for r in rows}
-        label = f"noise-{self.params.eps:g}"
-        return (f"{label}: flipped {values.get((label, 'success_rate'), float('nan')):.3f} of correct images; "
-                f"detection AUC clean vs noisy {values.get((label, 'auc'), float('nan')):.3f} "
-                f"[{values.get((label, 'auc_low'), float('nan')):.3f}, {values.get((label, 'auc_high'), float('nan')):.3f}]"
+        get, label = value_getter(rows), f"noise-{self.params.eps:g}"
+        return (f"{label}: flipped {get(label, Metric.SUCCESS_RATE):.3f} of correct images; detection AUC clean vs "
+                f"noisy {get(label, Metric.AUC):.3f} [{get(label, Metric.AUC_LOW):.3f}, {get(label, Metric.AUC_HIGH):.3f}]"
                 " (near 0.5: the detector does not flag mere noise)")
 
     def report_tables(self, index: RowIndex) -> list[Table]:

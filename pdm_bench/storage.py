@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,8 @@ Log = Callable[[str], None]
 
 
 def _temporary(path: Path, suffix: str = ".tmp") -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}{suffix}")
+    """A temporary name beside ``path``, private to this process and thread (two writers never share one)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{suffix}")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:

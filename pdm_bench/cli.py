@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from pdm_bench.config import DEVICE_CHOICES, PRESETS, PresetName
+from pdm_bench.config import DEVICE_CHOICES, MAX_SEED, PRESETS, PresetName
 from pdm_bench.data import DATASET_NAMES
 from pdm_bench.errors import UserError
 from pdm_bench.options import describe_options, parse_pairs
@@ -42,7 +42,7 @@ def _data_and_training_options(*, dataset_default: str, with_defense: bool) -> l
         click.option("--preset", default=PresetName.QUICK.value, show_default=True,
                      type=click.Choice([p.value for p in PresetName]), help="quick: small ResNet for a CPU; paper: ResNet-56."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count."),
-        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True),
         click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
                      help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA]."),
         click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
@@ -251,6 +251,8 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     from pdm_bench import api
     from pdm_bench.study import parse_seeds
 
+    if seeds is not None and click.get_current_context().get_parameter_source("seed") is not click.core.ParameterSource.DEFAULT:
+        raise UserError(f"--seed {seed} and --seeds {seeds} both given: use --seeds for several seeds, --seed for one")
     chosen = _names(threats)
     registry = threat_model_registry()
     for name in chosen:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 CACHE_ENV = "PDM_BENCH_CACHE"
 DATA_ENV = "PDM_BENCH_DATA"
+MAX_SEED = 2**32 - 1  # what every random generator seeded from it (numpy, torch) accepts
 TRAIN_FORMAT_VERSION = 1  # bump when the training loop changes what a given config produces
 
 
@@ -146,6 +147,8 @@ def make_plan(
 ) -> TrainPlan:
     """Resolve a preset for one dataset; ``epochs`` overrides the preset's count (0: the model as built)."""
     preset = get_preset(preset_name)
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"--seed must be between 0 and {MAX_SEED}, got {seed}")
     if epochs is not None and epochs < 0:
         raise UserError(f"--epochs must be a non-negative integer, got {epochs}")
     n_epochs = epochs if epochs is not None else preset.epochs_for(dataset)

@@ -129,7 +129,11 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
             source = _folder_source(name, base / "cifar10-jpeg", hint=f"under --data-dir / {DATA_ENV_VAR}")
     else:
         raise unknown_name_error("dataset", name, [*DATASET_NAMES, "folder:<path>"])
-    return _load_cached(name, source, cache_dir)
+    data = _load_cached(name, source, cache_dir)
+    if data.num_classes < 2:
+        raise UserError(f"Dataset '{name}' has {data.num_classes} class ({', '.join(data.class_names) or 'none'}): a "
+                        "classifier needs at least 2 (one folder per class under train/ and test/)")
+    return data
 
 
 def _load_digits() -> Dataset:

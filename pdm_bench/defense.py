@@ -100,9 +100,15 @@ def check_non_negative(owner: object, *names: str) -> None:
 def terms_total(terms: torch.Tensor | LossTerms) -> tuple[torch.Tensor, dict[str, float]]:
     """The scalar to minimise and a float view of the terms for logging."""
     if isinstance(terms, torch.Tensor):
+        if terms.ndim != 0:
+            raise ValueError(f"expected a scalar loss, got a tensor of shape {tuple(terms.shape)}")
         return terms, {"loss": float(terms.detach())}
-    if not terms:
-        raise ValueError("expected at least one loss term, got an empty mapping")
+    if not isinstance(terms, Mapping) or not terms:
+        raise ValueError(f"expected a scalar tensor or a non-empty mapping of named terms, got {type(terms).__name__}")
+    for name, value in terms.items():
+        if not isinstance(value, torch.Tensor) or value.ndim != 0:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"expected the term {name!r} to be a scalar tensor, got {shape}")
     total = sum(terms.values())
     assert isinstance(total, torch.Tensor)
     return total, {name: float(value.detach()) for name, value in terms.items()}

@@ -51,7 +51,7 @@ def parse_value(owner: str, key: str, text: str, hint: Any) -> Any:
     """``text`` as a value of type ``hint`` (bool, int, float, str, Literal[...], X | None)."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if text.lower() in ("none", "") and len(args) < len(typing.get_args(hint)):
+        if text.lower() == "none" and len(args) < len(typing.get_args(hint)):
             return None
         hint = args[0] if len(args) == 1 else str
     choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else ()

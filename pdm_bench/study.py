@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pdm_bench.config import MAX_SEED
 from pdm_bench.errors import UserError
 from pdm_bench.registry import defense_registry
 
@@ -124,8 +125,8 @@ def check_defenses(option: str, names: Sequence[str]) -> None:
 def check_seeds(seeds: Sequence[int]) -> list[int]:
     """Distinct non-negative integers, at least one."""
     seeds = list(seeds)
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds expects distinct non-negative integers, e.g. 0,1,2, got '{','.join(map(str, seeds))}'")
+    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds expects distinct non-negative integers up to {MAX_SEED}, e.g. 0,1,2, got '{','.join(map(str, seeds))}'")
     return seeds
 
 

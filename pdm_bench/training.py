@@ -8,6 +8,7 @@ finished epoch) and ``model.pt`` when done. Every file is written atomically; al
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,7 +89,10 @@ def train_or_load(
         raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
     model = _new_model(defense, plan, dataset, device)
     if meta is not None and meta.get("finished") and entry.weights_path.exists():
-        _load_state(model, entry.weights_path, "weights", device)
+        try:
+            _load_state(model, entry.weights_path, "weights", device)
+        except CorruptFile as error:
+            raise UserError(f"Trained model {error}: remove {run_dir} and rerun the same command to train it again") from None
         log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
         return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
 
@@ -97,10 +101,15 @@ def train_or_load(
     start_epoch, history = 0, []
     checkpoint_path = entry.checkpoint_path
     if checkpoint_path.exists():
-        checkpoint = _load_state(model, checkpoint_path, "model", device)
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        start_epoch, history = checkpoint["epoch"] + 1, checkpoint["history"]
-        log(f"Resuming {run_dir.name} after epoch {start_epoch}/{plan.epochs}")
+        try:
+            checkpoint = _load_state(model, checkpoint_path, "model", device)
+        except CorruptFile as error:
+            log(f"Checkpoint {error}: training {run_dir.name} from the first epoch")  # nothing was loaded from it
+            checkpoint_path.unlink()
+        else:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            start_epoch, history = checkpoint["epoch"] + 1, checkpoint["history"]
+            log(f"Resuming {run_dir.name} after epoch {start_epoch}/{plan.epochs}")
 
     train_x, train_y = torch.from_numpy(dataset.x_train), torch.from_numpy(dataset.y_train)
     test_x, test_y = torch.from_numpy(dataset.x_test), torch.from_numpy(dataset.y_test)
@@ -169,7 +178,10 @@ def _train_epoch(
         y = train_y[index].to(device, non_blocking=True)
         if plan.augment:
             x = _crop_and_flip(x, generator)
-        total, terms = terms_total(defense.loss(model, x, y, context))
+        try:
+            total, terms = terms_total(defense.loss(model, x, y, context))
+        except ValueError as error:
+            raise UserError(f"The loss of defense '{defense.name}' ({type(defense).__module__}): {error}") from None
         if not torch.isfinite(total):
             raise UserError(f"Training of '{defense.name}' diverged at epoch {epoch + 1} (loss {float(total)}); "
                             "lower the learning rate or the loss weights")
@@ -192,13 +204,27 @@ def _crop_and_flip(x: torch.Tensor, generator: torch.Generator, pad: int = 4) ->
     return torch.stack([c.flip(-1) if f else c for c, f in zip(crops, flips)])
 
 
+class CorruptFile(Exception):
+    """A file that cannot be read back (torn by a kill or a full disk, or not a torch file)."""
+
+
+def _reason(error: BaseException) -> str:
+    """The error's first sentence (torch's can run to a paragraph on one line)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return text.split(". ")[0].rstrip(".")
+
+
 def _load_state(model: nn.Module, path: Path, field: str, device: torch.device) -> dict[str, Any]:
+    """The state stored at ``path``, its ``field`` loaded into ``model``. A file torch cannot read raises
+    :class:`CorruptFile`; one that reads but holds another network is a one-line :class:`UserError`."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, ValueError, pickle.UnpicklingError) as error:
+        raise CorruptFile(f"{path} is corrupt ({_reason(error)})") from None
+    try:
         model.load_state_dict(state[field])
-    except (RuntimeError, KeyError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UserError(f"Checkpoint {path} does not fit this config ({reason}); remove it to retrain") from None
+    except (RuntimeError, KeyError, TypeError, ValueError) as error:
+        raise UserError(f"Checkpoint {path} does not fit this config ({_reason(error)}); remove it to retrain") from None
     return state
 
 

@@ -1,0 +1,110 @@
+"""What a new user hits first (issue 15): bad input refused before any work, in one line, files diagnosed right."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CliResult = Any  # conftest.CliResult (conftest is not importable under --import-mode=importlib)
+
+
+def one_line_error(result: CliResult, expected: str) -> None:
+    assert result.code == 2, result.out[-500:]
+    assert expected in result.err, result.err
+    assert len(result.err.strip().splitlines()) == 1 and "Traceback" not in result.err
+
+
+def test_the_cli_starts_without_torch() -> None:
+    """`pdm-bench --help`, `list`'s parsing and every usage error do not wait for torch (docs/PERFORMANCE.md)."""
+    code = "import sys, pdm_bench.cli; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["train", "--seed", "99999999999999999999"], "Invalid value for '--seed': 99999999999999999999 is not in the range 0<=x<=4294967295"),
+    (["paper", "--dataset", "digits", "--seed", "3", "--seeds", "0,1"], "--seed 3 and --seeds 0,1 both given"),
+    (["paper", "--dataset", "digits", "--seeds", "0,4294967296"], "--seeds expects distinct non-negative integers up to 4294967295"),
+    (["run", "--threat", "gray", "--attacks", ",,,"], "--attacks names no attack, got ',,,'"),
+    (["run", "--threat", "gray", "--attacks", ""], "--attacks names no attack, got ''"),
+    (["train", "-o", "q=0.3", "-o", "q=0.7"], "--defense-option sets q twice (q=0.3 and q=0.7); give it once"),
+])
+def test_wrong_values_are_one_line_errors(cli: Callable[..., CliResult], args: list[str], expected: str) -> None:
+    one_line_error(cli(*args, "--no-progress"), expected)
+
+
+def test_a_one_class_folder_is_refused(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    for split in ("train", "test"):
+        (tmp_path / "one" / split / "a").mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray((np.random.default_rng(i).random((8, 8)) * 255).astype("uint8")).save(
+                tmp_path / "one" / split / "a" / f"{i}.png")
+    for command in ("train", "run"):
+        extra = ["--threat", "gray"] if command == "run" else []
+        one_line_error(cli(command, *extra, "--dataset", f"folder:{tmp_path / 'one'}", "--no-progress"),
+                       "has 1 class (a): a classifier needs at least 2")
+
+
+NON_SCALAR = '''
+from dataclasses import dataclass
+
+from torch.nn import functional as F
+
+from pdm_bench.defenses.base import Defense
+
+
+@dataclass(frozen=True, kw_only=True)
+class PerSample(Defense):
+    name = "per_sample"
+
+    def loss(self, model, x, y, context):
+        return F.cross_entropy(model.embed_and_logits(x)[1], y, reduction="none")
+'''
+
+
+def test_a_plugin_loss_that_is_not_a_scalar_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     fake_dist: Callable[..., None], cli: Callable[..., CliResult]) -> None:
+    fake_dist(tmp_path / "site", "pdm-per-sample", {"pdm_per_sample.py": NON_SCALAR},
+              {"pdm_bench.defenses": {"per_sample": "pdm_per_sample:PerSample"}})
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    one_line_error(cli("train", "--defense", "per_sample", "--epochs", "1", "--no-progress"),
+                   "The loss of defense 'per_sample' (pdm_per_sample): expected a scalar loss, got a tensor of shape (128,)")
+
+
+def test_a_truncated_model_is_called_corrupt_and_a_torn_checkpoint_is_retrained(
+        tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    first = cli("train", "--defense", "baseline", "--epochs", "2", "--no-progress")
+    assert first.code == 0
+    run_dir = Path(first.out.split("Model: ")[1].strip())
+    weights = (run_dir / "model.pt").read_bytes()
+    (run_dir / "model.pt").write_bytes(weights[:1000])
+    broken = cli("train", "--defense", "baseline", "--epochs", "2", "--no-progress")
+    one_line_error(broken, f"Trained model {run_dir / 'model.pt'} is corrupt (PytorchStreamReader failed reading zip archive")
+    assert f"remove {run_dir} and rerun the same command" in broken.err
+
+    # A checkpoint torn by a kill: the run starts over from the first epoch, and finishes.
+    (run_dir / "model.pt").unlink()
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({"config": meta["config"], "finished": None}))
+    (run_dir / "checkpoint.pt").write_bytes(weights[:500])
+    again = cli("train", "--defense", "baseline", "--epochs", "2", "--no-progress")
+    assert again.code == 0, again.err
+    assert "checkpoint.pt is corrupt" in again.out and "from the first epoch" in again.out and "epoch 2/2" in again.out
+    assert not (run_dir / "checkpoint.pt").exists() and (run_dir / "model.pt").exists()
+
+
+def test_a_results_file_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
+    """A UTF-8 byte-order mark before the header (as spreadsheets save CSV files)."""
+    from pdm_bench.results import COLUMNS, ResultsStore
+
+    results = tmp_path / "results.csv"
+    results.write_text("\ufeff" + ",".join(COLUMNS) + "\ndigits,quick,0,pdm,gray,cw,auc,0.5,3,run,t,kde\n", encoding="utf-8")
+    rows = ResultsStore(tmp_path).rows()
+    assert [(r.attack, r.metric, r.value) for r in rows] == [("cw", "auc", 0.5)]

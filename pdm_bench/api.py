@@ -73,8 +73,9 @@ class Pretrained(Defense):
 
 
 @dataclass(frozen=True)
-class _Config:
-    """A model's config resolved from names (bad values fail here, before any work)."""
+class ModelConfig:
+    """A model's config resolved from names (bad values fail here, before any work): its data, defense, plan,
+    cache folder and device."""
 
     data: Dataset
     defense: Defense
@@ -83,15 +84,16 @@ class _Config:
     device: torch.device
 
 
-def _resolve(*, dataset: str, defense: str, options: Mapping[str, Any] | None, preset: str, epochs: int | None,
-             seed: int, data_dir: str | Path | None, cache_dir: str | Path | None, device: str) -> _Config:
+def resolve_model(*, dataset: str, defense: str, options: Mapping[str, Any] | None, preset: str, epochs: int | None,
+                  seed: int, data_dir: str | Path | None, cache_dir: str | Path | None, device: str) -> ModelConfig:
+    """Every name and value of a model's config checked and resolved; the data set is loaded (decoded once, cached)."""
     torch_device = resolve_device(device)
     chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
     cache = resolve_cache_dir(cache_dir)
     data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
                      seed=seed, epochs=epochs if epochs is not None else chosen.default_epochs)
-    return _Config(data, chosen, plan, cache, torch_device)
+    return ModelConfig(data, chosen, plan, cache, torch_device)
 
 
 def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, Any] | None = None,
@@ -100,13 +102,14 @@ def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str
           results_dir: str | Path | None = None, geometry: bool = True, command: str = "python: pdm_bench.train") -> Trained:
     """Train ``defense`` on ``dataset`` (or reuse the cached model of this exact config) and return it. With
     ``results_dir``, also record its clean accuracy and embedding geometry there (Table 1, Figure 2)."""
-    config = _resolve(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+    config = resolve_model(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
                       data_dir=data_dir, cache_dir=cache_dir, device=device)
-    return _train(config, progress=progress, log=log, results_dir=results_dir, geometry=geometry, command=command)
+    return train_config(config, progress=progress, log=log, results_dir=results_dir, geometry=geometry, command=command)
 
 
-def _train(config: _Config, *, progress: bool, log: Log, results_dir: str | Path | None, geometry: bool,
-           command: str) -> Trained:
+def train_config(config: ModelConfig, *, progress: bool, log: Log, results_dir: str | Path | None, geometry: bool,
+                 command: str) -> Trained:
+    """Train (or reuse) the model of a resolved config; with ``results_dir``, record it there."""
     from pdm_bench.training import train_or_load
 
     data, chosen, plan, torch_device, seed = config.data, config.defense, config.plan, config.device, config.plan.seed
@@ -133,13 +136,13 @@ def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str,
     """The cached model of this config, as :func:`train` returns it; never trains (a one-line error if absent)."""
     from pdm_bench.training import model_dir
 
-    config = _resolve(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+    config = resolve_model(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
                       data_dir=data_dir, cache_dir=cache_dir, device=device)
     run_dir, _, _ = model_dir(config.cache, config.data, config.defense, config.plan)
     if not (run_dir / "model.pt").exists():
         raise UserError(f"No trained {defense} model for this config in {config.cache}: train it first "
                         f"(pdm_bench.train(...) or pdm-bench train --dataset {dataset} --defense {defense})")
-    return _train(config, progress=False, log=log, results_dir=None, geometry=False, command="python: pdm_bench.load")
+    return train_config(config, progress=False, log=log, results_dir=None, geometry=False, command="python: pdm_bench.load")
 
 
 def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits: bool = False, name: str = "pretrained",
@@ -179,11 +182,18 @@ def make_threat(name: str, options: Mapping[str, Any] | None = None) -> ThreatMo
 
 
 def check_results_dir(results_dir: str | Path) -> Path:
-    """Refuse a foreign or malformed results file before any work."""
+    """Refuse, before any work, a results directory that cannot be written or holds a foreign or malformed file."""
     from pdm_bench.results import ResultsStore
 
-    ResultsStore(results_dir).rows()
-    return Path(results_dir)
+    path = Path(results_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with open(path / ".results.lock", "a"):
+            pass
+    except OSError as error:
+        raise UserError(f"--results-dir {path}: cannot write there ({error.strerror or error})") from None
+    ResultsStore(path).rows()
+    return path
 
 
 def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: str | Detector = "kde",
@@ -201,16 +211,23 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
                           geometry=geometry, progress=progress, log=log, command=command)
 
 
+def sample_indices(data: Dataset, n_samples: int | None, plan: Any) -> Any:
+    """The test images a run attacks: ``n_samples`` of them (None: the preset's number), seeded by the plan."""
+    from pdm_bench.evaluation import sample_indices as draw
+
+    return draw(data, n_samples, plan.seed, default=get_preset(plan.preset).attack_samples)
+
+
 def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, results_dir: Path, *,
                    n_samples: int | None, geometry: bool, progress: bool, log: Log, command: str
                    ) -> list[ResultRow]:
     """Fit the detector, run the threat model, print its table, record provenance; this run's rows."""
     from pdm_bench.detectors import fit_detector
-    from pdm_bench.evaluation import Evaluation, sample_indices
+    from pdm_bench.evaluation import Evaluation
     from pdm_bench.results import ResultsStore
 
     data, entry, device = trained.data, trained.record, trained.device
-    indices = sample_indices(data, n_samples, entry.plan.seed, default=get_preset(entry.plan.preset).attack_samples)
+    indices = sample_indices(data, n_samples, entry.plan)
     fit_detector(detector, entry.model, data, device=device, seed=entry.plan.seed)
     log(detector.summary())
     store = ResultsStore(results_dir)

@@ -16,7 +16,7 @@ from pdm_bench.options import describe_options, parse_pairs
 from pdm_bench.registry import Registry, defense_registry, detector_registry, threat_model_registry
 
 if TYPE_CHECKING:
-    from pdm_bench.api import Trained
+    from pdm_bench.api import ModelConfig, Trained
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -68,14 +68,18 @@ def study_options(command: Callable[..., None]) -> Callable[..., None]:
     return _apply(_data_and_training_options(dataset_default="mnist", with_defense=False), command)
 
 
-def _train(*, defense: str, defense_options: Sequence[str], progress: bool | None, results_dir: Path | None = None,
-           geometry: bool = True, **options: Any) -> Trained:
-    """Every option resolved (bad ones fail here, before any work), then the model trained or reused."""
+def _resolve(*, defense: str, defense_options: Sequence[str], progress: bool | None, **options: Any) -> ModelConfig:
+    """Every model option checked and resolved (bad ones fail here, before any work; the data set is loaded)."""
     from pdm_bench import api
 
-    return api.train(defense=defense, options=parse_pairs(defense_options, flag="--defense-option"),
-                     progress=_progress(progress), log=click.echo, results_dir=results_dir, geometry=geometry,
-                     command=_command_line(), **options)
+    return api.resolve_model(defense=defense, options=parse_pairs(defense_options, flag="--defense-option"), **options)
+
+
+def _train(config: ModelConfig, progress: bool | None, *, results_dir: Path | None = None, geometry: bool = True) -> Trained:
+    from pdm_bench import api
+
+    return api.train_config(config, progress=_progress(progress), log=click.echo, results_dir=results_dir,
+                            geometry=geometry, command=_command_line())
 
 
 def _command_line() -> str:
@@ -105,7 +109,7 @@ def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
         from pdm_bench.api import check_results_dir
 
         check_results_dir(results_dir)
-    _train(results_dir=results_dir, geometry=geometry, **options)
+    _train(_resolve(**options), options["progress"], results_dir=results_dir, geometry=geometry)
 
 
 # The built-in threat models' own flags (each class's ``flags`` says which apply to it); None = not given.
@@ -202,7 +206,9 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
                                                           strict=True))
     chosen = detector_choice(detector, detector_option_pairs, bandwidth, kde_points)
     api.check_results_dir(results_dir)
-    trained = _train(**options)
+    config = _resolve(**options)
+    api.sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training
+    trained = _train(config, options["progress"])
     api.run_evaluation(trained, threat_model, chosen, results_dir, n_samples=n_samples, geometry=geometry,
                        progress=_progress(options["progress"]), log=click.echo, command=_command_line())
 

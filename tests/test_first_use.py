@@ -108,3 +108,18 @@ def test_a_results_file_saved_by_a_spreadsheet_is_read(tmp_path: Path) -> None:
     results.write_text("\ufeff" + ",".join(COLUMNS) + "\ndigits,quick,0,pdm,gray,cw,auc,0.5,3,run,t,kde\n", encoding="utf-8")
     rows = ResultsStore(tmp_path).rows()
     assert [(r.attack, r.metric, r.value) for r in rows] == [("cw", "auc", 0.5)]
+
+
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--threat", "gray", "--n-samples", "5000"], "--n-samples must be between 1 and the test set's size 360 (digits), got 5000"),
+    (["--threat", "gray", "--bandwidth", "inf"], "Bad options for detector 'kde': bandwidth must be a positive finite number, got inf"),
+    (["--threat", "black", "--proxy-depth", "7"], "--proxy-depth must be of the form 6n+2 (8, 14, 20, 32, ...), got 7"),
+    (["--threat", "gray", "--results-dir", "{file}/results"], "--results-dir {file}/results: cannot write there (Not a directory)"),
+])
+def test_bad_run_settings_fail_before_any_training(tmp_path: Path, cli: Callable[..., CliResult], args: list[str],
+                                                   expected: str) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = cli("run", *[a.replace("{file}", str(blocker)) for a in args], "--no-progress")
+    one_line_error(result, expected.replace("{file}", str(blocker)))
+    assert "epoch" not in result.out and not (tmp_path / "cache" / "models").exists()  # nothing was trained

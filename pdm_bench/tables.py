@@ -20,6 +20,7 @@ BUILT_IN_ORDER = ("baseline", "rce", "siamese_rvl", "pdm")
 NOT_RUN = "not run"
 NO_PAIRS = "no pairs"  # measured, but the attack succeeded on no image (an AUC or distortion of nothing)
 COUNT_NOTES = frozenset({"pairs", "budget rung", "criterion met"})  # whole numbers; every other note is a rate
+FEW_PAIRS = 30  # an AUC on fewer pairs than this is marked in every format
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,19 @@ class Cell:
     flag: str = ""  # e.g. "criterion not met"
     best: bool = False
     sd: float | None = None  # standard deviation over seeds (two or more)
+
+    @property
+    def few_pairs(self) -> bool:
+        """Measured on fewer than ``FEW_PAIRS`` pairs (its interval is wide, its value fragile)."""
+        pairs = self.notes.get("pairs")
+        return self.value is not None and pairs is not None and pairs < FEW_PAIRS
+
+    def flags(self) -> list[str]:
+        """What to read the value with: a failed criterion, no pairs, few pairs."""
+        if self.value is None:
+            return []
+        few = [f"fewer than {FEW_PAIRS} pairs"] if self.few_pairs and math.isfinite(self.value) else []
+        return [*([self.flag] if self.flag else []), *(["no pairs"] if not math.isfinite(self.value) else []), *few]
 
 
 @dataclass

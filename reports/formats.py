@@ -7,7 +7,7 @@ import io
 import math
 import re
 
-from pdm_bench.tables import COUNT_NOTES, NOT_RUN, Cell, Table
+from pdm_bench.tables import COUNT_NOTES, FEW_PAIRS, Cell, Table
 
 _LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
                   "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
@@ -18,12 +18,15 @@ def latex_escape(text: str) -> str:
 
 
 def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
-    return NOT_RUN if value is None or not math.isfinite(value) else f"{value * scale:.{digits}f}"
+    """A number for the CSV: empty when not measured, ``nan`` when measured on nothing."""
+    if value is None:
+        return ""
+    return "nan" if not math.isfinite(value) else f"{value * scale:.{digits}f}"
 
 
 def _note(name: str, value: float | None) -> str:
     if value is None or not math.isfinite(value):
-        return NOT_RUN if value is None else "nan"
+        return "" if value is None else "nan"
     return f"{value:.0f}" if name in COUNT_NOTES and float(value).is_integer() else f"{value:.4f}"
 
 
@@ -32,7 +35,8 @@ def column_name(group: str, defense: str) -> str:
 
 
 def to_csv(table: Table) -> str:
-    """Row label, then per column: value, interval (when the table has them), seeds and each note."""
+    """Row label, then per column: value, interval (when the table has them), seeds, each note and the flags. A cell
+    nobody measured is empty; one measured on no pairs is ``nan`` (flag ``no pairs``)."""
     note_names = list(dict.fromkeys(k for c in table.cells.values() for k in c.notes))
     has_interval = any(c.low is not None for c in table.cells.values())
     has_sd = any(c.sd is not None for c in table.cells.values())
@@ -49,21 +53,27 @@ def to_csv(table: Table) -> str:
         record = [row]
         for column in table.columns:
             cell = table.cell(row, column)
-            record.append(table.text(cell))
+            record.append(_number(cell.value, table.digits, table.scale))
             if has_interval:
                 record += [_number(cell.low, table.digits + 1, table.scale), _number(cell.high, table.digits + 1, table.scale)]
             if has_sd:
                 record.append(_number(cell.sd, table.digits + 1, table.scale) if cell.sd is not None else "")
-            record.append(cell.seeds if cell.value is not None else NOT_RUN)
-            record += [_note(n, cell.notes.get(n)) if cell.value is not None else NOT_RUN for n in note_names]
-            record.append(cell.flag)
+            record.append(cell.seeds if cell.value is not None else "")
+            record += [_note(n, cell.notes.get(n)) if cell.value is not None else "" for n in note_names]
+            record.append("; ".join(cell.flags()))
         writer.writerow(record)
     return buffer.getvalue()
 
 
+LATEX_NOTES = ("success", "transfer success", "pairs")  # what a LaTeX cell shows beside its value
+_NUMBERED = re.compile(r"^Table \d+: ")
+
+
 def _latex_cell(table: Table, cell: Cell) -> str:
+    if cell.value is None:
+        return "--"
     text = table.text(cell)
-    if cell.value is None or not math.isfinite(cell.value):
+    if not math.isfinite(cell.value):
         return rf"\textit{{{text}}}"
     if cell.best:
         text = rf"\textbf{{{text}}}"
@@ -71,13 +81,20 @@ def _latex_cell(table: Table, cell: Cell) -> str:
         text += rf" {{\scriptsize[{_number(cell.low, table.digits, table.scale)}, {_number(cell.high, table.digits, table.scale)}]}}"
     if cell.sd is not None:
         text += rf" {{\scriptsize$\pm${_number(cell.sd, table.digits, table.scale)}}}"
+    shown = [f"{cell.notes[name]:.0f}" if name in COUNT_NOTES else f"{cell.notes[name]:.2f}"
+             for name in LATEX_NOTES if name in cell.notes and math.isfinite(cell.notes[name])]
+    if shown:
+        text += rf" {{\scriptsize({'; '.join(shown)})}}"
     if cell.flag:
         text += r"$^\dagger$"
+    if cell.few_pairs:
+        text += r"$^\ast$"
     return text
 
 
 def to_latex(table: Table) -> str:
-    """One booktabs table; best value per row in bold, intervals in brackets, a dagger where a criterion failed."""
+    """One booktabs table; best value per row in bold, intervals in brackets, success rate and pairs beside each
+    AUC, a dagger where a criterion failed, an asterisk on fewer than 30 pairs; rows nobody measured are left out."""
     groups = list(dict.fromkeys(g for g, _ in table.columns))
     spec = "l" + "c" * len(table.columns)
     lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\begin{{tabular}}{{{spec}}}", r"\toprule"]
@@ -93,14 +110,29 @@ def to_latex(table: Table) -> str:
     lines.append(" & ".join([latex_escape(table.row_label)] + [latex_escape(d) for _, d in table.columns]) + r" \\")
     lines.append(r"\midrule")
     for row in table.rows:
-        lines.append(" & ".join([latex_escape(row)] + [_latex_cell(table, table.cell(row, c)) for c in table.columns]) + r" \\")
+        cells = [table.cell(row, c) for c in table.columns]
+        if all(cell.value is None for cell in cells):
+            continue
+        lines.append(" & ".join([latex_escape(row)] + [_latex_cell(table, cell) for cell in cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
-    caption = latex_escape(table.title)
-    if any(c.flag for c in table.cells.values()):
+    lines += [rf"\caption{{{_caption(table)}}}", rf"\label{{tab:{table.key}}}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _caption(table: Table) -> str:
+    """The title without its "Table N:" (LaTeX numbers tables itself) and the key to the cell marks used."""
+    cells = list(table.cells.values())
+    caption = latex_escape(_NUMBERED.sub("", table.title)) + "."
+    if any(any(name in c.notes for name in LATEX_NOTES) for c in cells):
+        caption += " In parentheses: " + "; ".join(n for n in LATEX_NOTES if any(n in c.notes for c in cells)) + "."
+    if any(c.value is None for c in cells):
+        caption += " --: not run."
+    if any(c.flag for c in cells):
         caption += (r" $^\dagger$: the budget schedule ended without meeting the paper's criterion (every attack succeeds, "
                     r"AUC $\le 0.5$; in the black box, on the proxy).")
-    lines += [rf"\caption{{{caption}}}", rf"\label{{tab:{table.key}}}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
+    if any(c.few_pairs for c in cells):
+        caption += rf" $^\ast$: fewer than {FEW_PAIRS} pairs."
+    return caption
 
 
 def tables_tex(tables: list[Table]) -> str:

@@ -126,7 +126,7 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
             notes = ", ".join(f"{k} {_short(k, v)}" for k, v in cell.notes.items() if k != "criterion met")
             cells.append({"text": table.text(cell), "missing": cell.value is None or not math.isfinite(cell.value),
                           "best": cell.best,
-                          "interval": interval, "notes": notes if cell.value is not None else "", "flag": cell.flag,
+                          "interval": interval, "notes": notes if cell.value is not None else "", "flag": "; ".join(cell.flags()),
                           "seeds": cell.seeds,
                           "paper": "" if paper is None else f"{paper:.{max(table.digits, 2) if paper < 10 else 2}f}"})
         body.append({"label": row, "cells": cells})

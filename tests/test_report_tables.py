@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pdm_bench.reports.formats import latex_escape, tables_tex, to_csv
-from pdm_bench.reports.generator import write_report
+from pdm_bench.reports.generator import html_table, write_report
 from pdm_bench.reports.tables import accuracy_table
 from pdm_bench.results import ResultRow, ResultsStore
 from pdm_bench.tables import NOT_RUN, RowIndex, Table
@@ -93,7 +93,7 @@ def test_csv_and_latex_carry_values_intervals_and_not_run() -> None:
     assert cw[header.index("mnist (quick) pdm ci_low")] == "0.9600"
     assert cw[header.index("mnist (quick) pdm success")] == "0.5000" and cw[header.index("mnist (quick) pdm pairs")] == "50"
     cw_hc = next(r for r in records if r[0] == "cw-hc")
-    assert cw_hc[header.index("mnist (quick) pdm")] == NOT_RUN
+    assert cw_hc[header.index("mnist (quick) pdm")] == "" and cw_hc[header.index("mnist (quick) pdm seeds")] == ""
     certain = [row("pdm", "gray", "cw", "auc", 1.0), row("pdm", "gray", "cw", "success_rate", 1.0),
                row("pdm", "gray", "cw", "pairs_kept", 100)]
     records = list(csv.reader(io.StringIO(to_csv(graybox_table(RowIndex(certain))))))
@@ -102,7 +102,8 @@ def test_csv_and_latex_carry_values_intervals_and_not_run() -> None:
     assert cw[records[0].index("mnist (quick) pdm pairs")] == "100"
     tex = tables_tex([accuracy_table(index), graybox_table(index), whitebox_table(index)])
     assert r"\toprule" in tex and r"\bottomrule" in tex and r"\textbf{0.970}" in tex
-    assert r"siamese\_rvl" in tex and r"\textit{not run}" in tex and r"$^\dagger$" in tex
+    assert r"siamese\_rvl" in tex and " & -- " in tex and "--: not run." in tex and r"$^\dagger$" in tex
+    assert r"\caption{clean test accuracy (\%).}" in tex  # LaTeX numbers the tables itself: no "Table 1:" in captions
 
 
 def test_latex_escape() -> None:
@@ -160,3 +161,41 @@ def test_study_cost_sums_each_steps_calls_and_skips_a_torn_line(tmp_path: Path) 
     assert cost is not None and cost["total"] == "3750" and cost["hours"] == "1.04"
     assert cost["steps"][0] == {"step": "train-pdm", "calls": 2, "seconds": "150", "status": "finished"}
     assert len(cost["steps"]) == 2
+
+
+def test_few_pairs_are_marked_in_every_format_and_unmeasured_rows_left_out_of_latex() -> None:
+    rows = [row("pdm", "gray", "cw", "auc", 0.9), row("pdm", "gray", "cw", "success_rate", 0.2),
+            row("pdm", "gray", "cw", "pairs_kept", 12), row("pdm", "gray", "jsma", "auc", 0.99),
+            row("pdm", "gray", "jsma", "success_rate", 0.9), row("pdm", "gray", "jsma", "pairs_kept", 90)]
+    table = graybox_table(RowIndex(rows))
+    records = list(csv.reader(io.StringIO(to_csv(table))))
+    flag = records[0].index("mnist (quick) pdm flag")
+    by_attack = {r[0]: r for r in records[1:]}
+    assert by_attack["cw"][flag] == "fewer than 30 pairs" and by_attack["jsma"][flag] == ""
+    tex = tables_tex([table])
+    assert r"0.900 {\scriptsize(0.20; 12)}$^\ast$" in tex and "fewer than 30 pairs." in tex
+    assert "fgsm-0.05 &" not in tex and "cw &" in tex and "jsma &" in tex  # rows nobody measured are left out
+    html = html_table(table, RowIndex(rows))
+    cw = next(r for r in html["rows"] if r["label"] == "cw")["cells"][0]
+    assert cw["flag"] == "fewer than 30 pairs"
+
+
+def test_tables_tex_compiles_with_pdflatex(tmp_path: Path) -> None:
+    """tables.tex as a paper includes it (booktabs), every table of a report with a flag, a not-run cell, few pairs."""
+    import os
+    import shutil
+    import subprocess
+
+    if shutil.which("pdflatex") is None:
+        if os.environ.get("PDM_BENCH_REQUIRE_LATEX"):
+            pytest.fail("pdflatex is not installed, and PDM_BENCH_REQUIRE_LATEX is set (.ci/run installs it)")
+        pytest.skip("pdflatex is not installed (Debian's texlive-latex-base and -recommended; .ci/run installs them)")
+    index = RowIndex([*study_rows(), row("rce", "gray", "cw", "auc", 0.8), row("rce", "gray", "cw", "pairs_kept", 9)])
+    tables = [accuracy_table(index), *(t for threat in (GrayBox(), WhiteBox(), BlackBox()) for t in threat.report_tables(index))]
+    (tmp_path / "tables.tex").write_text(tables_tex(tables), encoding="utf-8")
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+                                        "\\input{tables.tex}\n\\end{document}\n", encoding="utf-8")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    assert (tmp_path / "paper.pdf").stat().st_size > 1000

@@ -80,7 +80,8 @@ class Evaluation:
         key = config_key({"run": self.run_id, "attack": attack, **params})
         path = self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
         shape = (len(self.indices), *self.dataset.input_shape)
-        return chunked_array(path, shape, make, chunk_size=self.chunk_size, label=attack, log=self.log)
+        return chunked_array(path, shape, make, chunk_size=self.chunk_size, label=attack, log=self.log,
+                             progress=self.progress)
 
     def record_clean(self, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The clean images' predictions and scores; their accuracy and the detector's fitted values as rows (once)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 Log = Callable[[str], None]
 
@@ -97,13 +98,13 @@ def file_lock(lock_path: Path, *, wait: bool = True) -> Iterator[bool]:
 
 
 def chunked_array(path: Path, shape: tuple[int, ...], make: Callable[[slice], np.ndarray], *, chunk_size: int,
-                  label: str, log: Log = print) -> tuple[np.ndarray, float]:
+                  label: str, log: Log = print, progress: bool = False) -> tuple[np.ndarray, float]:
     """The array of ``shape`` stored at ``path``, made ``chunk_size`` rows at a time by ``make(rows)`` if absent,
     and the seconds spent making it (NaN when all came from the store).
 
     Each finished chunk is kept on disk at once (in ``<path stem>.parts/``), so a killed run resumes at the first
     unfinished chunk. Processes making the same array share its chunks: each takes a chunk no other is making (a
-    lock per chunk), then waits for the chunks others hold.
+    lock per chunk), then waits for the chunks others hold. ``progress``: a bar over the images (rate, time left).
     """
     n = shape[0]
     whole = load_array(path, shape)
@@ -112,32 +113,43 @@ def chunked_array(path: Path, shape: tuple[int, ...], make: Callable[[slice], np
     parts_dir = path.with_name(f"{path.stem}.parts")
     parts = [slice(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
     pieces: dict[int, np.ndarray] = {}
-    for wait in (False, True):  # first the chunks nobody else holds, then wait for the others'
-        for part in parts:
-            if part.start in pieces:
-                continue
-            piece_shape = (part.stop - part.start, *shape[1:])
-            piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
-            piece = load_array(piece_path, piece_shape)
-            if piece is None:
-                with file_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
-                    if not held:
-                        continue  # another process is making it
-                    whole = load_array(path, shape)
-                    if whole is not None:  # another process finished the array meanwhile
-                        shutil.rmtree(parts_dir, ignore_errors=True)
-                        return whole, float("nan")
-                    piece = load_array(piece_path, piece_shape)  # it may have been finished while we waited
-                    if piece is None:
-                        piece = _make_chunk(make, part, piece_shape, piece_path)
-                        if n > chunk_size:
-                            log(f"{label}: images {part.start + 1}-{part.stop} of {n} done and stored")
-            pieces[part.start] = piece
+    with tqdm(total=n, desc=label, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for wait in (False, True):
+            _gather(pieces, parts, path, shape, make, wait=wait, bar=bar, chunk_size=chunk_size, label=label, log=log)
+            whole = load_array(path, shape) if len(pieces) < len(parts) else None
+            if whole is not None:  # another process finished the array meanwhile
+                shutil.rmtree(parts_dir, ignore_errors=True)
+                return whole, float("nan")
     array = np.concatenate([pieces[part.start] for part in parts])
     seconds = sum(_read_seconds(parts_dir / f"{part.start:07d}-{part.stop:07d}.seconds") for part in parts)
     save_array(path, array)
     shutil.rmtree(parts_dir, ignore_errors=True)
     return array, seconds
+
+
+def _gather(pieces: dict[int, np.ndarray], parts: list[slice], path: Path, shape: tuple[int, ...],
+            make: Callable[[slice], np.ndarray], *, wait: bool, bar: Any, chunk_size: int, label: str, log: Log) -> None:
+    """Load or make each chunk not in ``pieces`` (``wait``: also the ones another process holds)."""
+    n, parts_dir = shape[0], path.with_name(f"{path.stem}.parts")
+    for part in parts:
+        if part.start in pieces:
+            continue
+        piece_shape = (part.stop - part.start, *shape[1:])
+        piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
+        piece = load_array(piece_path, piece_shape)
+        if piece is None:
+            with file_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
+                if not held:
+                    continue  # another process is making it
+                if load_array(path, shape) is not None:
+                    return  # another process finished the whole array meanwhile
+                piece = load_array(piece_path, piece_shape)  # it may have been finished while we waited
+                if piece is None:
+                    piece = _make_chunk(make, part, piece_shape, piece_path)
+                    if n > chunk_size:
+                        log(f"{label}: images {part.start + 1}-{part.stop} of {n} done and stored")
+        pieces[part.start] = piece
+        bar.update(part.stop - part.start)
 
 
 def _make_chunk(make: Callable[[slice], np.ndarray], part: slice, shape: tuple[int, ...], piece_path: Path) -> np.ndarray:

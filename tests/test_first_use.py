@@ -123,3 +123,15 @@ def test_bad_run_settings_fail_before_any_training(tmp_path: Path, cli: Callable
     result = cli("run", *[a.replace("{file}", str(blocker)) for a in args], "--no-progress")
     one_line_error(result, expected.replace("{file}", str(blocker)))
     assert "epoch" not in result.out and not (tmp_path / "cache" / "models").exists()  # nothing was trained
+
+
+def test_attacks_show_progress_in_a_terminal_and_stay_quiet_in_logs(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    common = ("run", "--threat", "gray", "--defense", "baseline", "--epochs", "1", "--attacks", "fgsm-0.1,cw-hc",
+              "--n-samples", "10", "--no-geometry")
+    shown = cli(*common, "--progress", "--results-dir", str(tmp_path / "a"))
+    assert shown.code == 0, shown.err
+    assert "cw-hc: 100%" in shown.err and "10/10" in shown.err  # images done, of how many
+    assert "CarliniWagnerL2 on 10 images, search step" in shown.err and "successful" in shown.err
+    assert "resiliency: 100%" in shown.err
+    quiet = cli(*common, "--no-progress", "--results-dir", str(tmp_path / "b"))
+    assert quiet.code == 0 and quiet.err == ""

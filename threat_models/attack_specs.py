@@ -46,7 +46,7 @@ class AttackSpec:
 
 
 def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: AttackBackend, targeted: bool,
-                 batch_size: int = 128) -> EvasionAttack:
+                 batch_size: int = 128, verbose: bool = False) -> EvasionAttack:
     """An ART ``EvasionAttack`` for ``spec`` against ``classifier``."""
     from art.attacks.evasion import BasicIterativeMethod, CarliniL2Method, FastGradientMethod, SaliencyMapMethod
 
@@ -57,23 +57,24 @@ def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: At
         return FastGradientMethod(classifier, norm=np.inf, eps=p["eps"], targeted=targeted, batch_size=batch_size)
     if spec.family == "bim":
         return BasicIterativeMethod(classifier, eps=p["eps"], eps_step=p["eps"] / 10, max_iter=p.get("max_iter", 10),
-                                    targeted=targeted, batch_size=batch_size, verbose=False)
+                                    targeted=targeted, batch_size=batch_size, verbose=verbose)
     if spec.family == "cw":
         if backend is AttackBackend.ART:
             return CarliniL2Method(classifier, confidence=p["confidence"], targeted=targeted,
                                    binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
-                                   batch_size=batch_size, verbose=False)
+                                   batch_size=batch_size, verbose=verbose)
         from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch
 
         solver = CarliniWagnerL2 if p.get("solver", "adam") == "adam" else CarliniWagnerL2LineSearch
         return solver(classifier, confidence=p["confidence"], targeted=targeted,
-                      binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size)
+                      binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size,
+                      verbose=verbose)
     if spec.family == "jsma":  # always targeted (random targets when none are given), as in ART
         if backend is AttackBackend.ART:
-            return SaliencyMapMethod(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=False)
+            return SaliencyMapMethod(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=verbose)
         from pdm_bench.threat_models.jsma import SaliencyMapTorch
 
-        return SaliencyMapTorch(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size)
+        return SaliencyMapTorch(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=verbose)
     raise UserError(f"Attack '{spec.name}': expected a family fgsm, bim, cw or jsma or a factory, got {spec.family!r}")
 
 

@@ -132,7 +132,7 @@ class CarliniWagnerL2(EvasionAttack):
             raise ValueError(f"expected x_init of shape {x.shape}, got {start.shape}")
         out = np.empty_like(x, dtype=np.float32)
         batches = range(0, len(x), self.batch_size)
-        for lo in tqdm(batches, desc="C&W", disable=not self.verbose):
+        for lo in batches:  # the progress bar is per binary-search step, in _attack_batch
             hi = lo + self.batch_size
             out[lo:hi] = self._attack_batch(
                 torch.as_tensor(x[lo:hi], dtype=torch.float32, device=device),
@@ -170,6 +170,8 @@ class CarliniWagnerL2(EvasionAttack):
         try_adv = x.clone()
         check_every = max(self.max_iter // 10, 1)
         beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam's defaults in TensorFlow and torch
+        bar = tqdm(total=self.binary_search_steps, desc=f"{type(self).__name__} on {n} images, search step",
+                   leave=False, disable=not self.verbose, dynamic_ncols=True)
         for outer_step in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and outer_step == self.binary_search_steps - 1:
                 const = upper.clone()  # cleverhans repeats the search once at the upper bound
@@ -221,6 +223,9 @@ class CarliniWagnerL2(EvasionAttack):
                 lower = torch.where(step_success, lower, torch.maximum(lower, const))
                 bounded = upper < 1e9
                 const = torch.where(bounded, (lower + upper) / 2, torch.where(step_success, const, const * 10))
+            bar.set_postfix_str(f"successful {float(torch.isfinite(best_l2).float().mean()):.2f}", refresh=False)
+            bar.update()
+        bar.close()
         if self.keep_best_try:
             fallback = torch.isinf(best_l2) & torch.isfinite(try_penalty)
             best_adv[fallback] = try_adv[fallback]

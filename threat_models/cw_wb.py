@@ -218,7 +218,7 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
 
     def steps(budget: WhiteBudget) -> dict[str, Any]:
         return {"max_iter": budget.max_iter, "initial_const": budget.initial_const, "learning_rate": budget.learning_rate,
-                "batch_size": attack.batch_size}
+                "batch_size": attack.batch_size, "verbose": ev.progress}
 
     def stage1_images(budget: WhiteBudget, part: slice) -> np.ndarray:
         """Targeted C&W at ``attack.confidence``; where that misses the target, at confidence 0 (RCE-trained models

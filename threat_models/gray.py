@@ -7,12 +7,13 @@ Resiliency (Figure 3): accuracy under FGSM and BIM over an eps grid.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
@@ -101,7 +102,8 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
     def adversarials(spec: AttackSpec) -> tuple[np.ndarray, float]:
         is_targeted = targeted or spec.family == "jsma"
         goal = targets if is_targeted else y
-        attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size)
+        attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size,
+                              verbose=ev.progress)
         params = {**spec.params, "family": spec.family, "backend": backend.value if spec.family in ("cw", "jsma") else "art",
                   "targeted": is_targeted}
         one_hot = np.eye(data.num_classes)[goal]
@@ -129,20 +131,22 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
         ], completes=spec.name, legacy=(spec.name, Metric.AUC))  # another process may have run the same attack
     if resiliency:
-        for family in ("fgsm", "bim"):
-            for eps in RESILIENCY_EPS:
-                spec = parse_attack(f"{family}-{eps:g}")
-                if ev.results.has(ev.run_id, spec.name, Metric.ACCURACY):  # measured here or as one of the attacks
-                    continue
-                ev.log(f"resiliency: {spec.name}")
-                x_adv, _ = adversarials(spec)
-                adv_pred, _ = ev.score(model, x_adv)
-                rows = [ev.row(spec.name, Metric.ACCURACY, float((adv_pred == y).mean()), len(y)),
-                        ev.row(spec.name, Metric.SUCCESS_RATE, success_rate(y, clean_pred, adv_pred),
-                               int((clean_pred == y).sum()))]
-                ev.results.append(rows, completes=f"resiliency:{spec.name}",
-                                   legacy=(spec.name, Metric.ACCURACY))
+        resiliency_curves(ev, adversarials, y, clean_pred)
     return ev.results.run_rows(ev.run_id)
+
+
+def resiliency_curves(ev: Evaluation, adversarials: Callable[[AttackSpec], tuple[np.ndarray, float]], y: np.ndarray,
+                      clean_pred: np.ndarray) -> None:
+    """Figure 3's points: accuracy under FGSM and BIM at each eps of ``RESILIENCY_EPS`` (those not yet stored)."""
+    specs = [parse_attack(f"{family}-{eps:g}") for family in ("fgsm", "bim") for eps in RESILIENCY_EPS]
+    todo = [spec for spec in specs if not ev.results.has(ev.run_id, spec.name, Metric.ACCURACY)]  # here or as an attack
+    for spec in tqdm(todo, desc="resiliency", unit="attack", disable=not ev.progress, dynamic_ncols=True):
+        ev.log(f"resiliency: {spec.name}")
+        x_adv, _ = adversarials(spec)
+        adv_pred, _ = ev.score(ev.trained.model, x_adv)
+        rows = [ev.row(spec.name, Metric.ACCURACY, float((adv_pred == y).mean()), len(y)),
+                ev.row(spec.name, Metric.SUCCESS_RATE, success_rate(y, clean_pred, adv_pred), int((clean_pred == y).sum()))]
+        ev.results.append(rows, completes=f"resiliency:{spec.name}", legacy=(spec.name, Metric.ACCURACY))
 
 
 def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarray) -> list[ResultRow]:

@@ -248,7 +248,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
 def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,
            run_ids: set[str] | None = None) -> None:
     """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
-    from pdm_bench.records import record_model, record_run
+    from pdm_bench.records import component_version, record_model, record_run
     from pdm_bench.results import ResultsStore
 
     data, entry, device = trained.data, trained.record, trained.device
@@ -260,6 +260,7 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
         record_run(store, run_id, command=command, device=device,
                    details={"dataset": data.name, "preset": entry.plan.preset, "seed": entry.plan.seed,
                             "defense": entry.defense.name, "defense_options": entry.defense.options(),
+                            "defense_version": component_version(entry.defense), "epochs": entry.plan.epochs,
                             "model": entry.key, **details})
 
 

@@ -106,6 +106,19 @@ def versions() -> dict[str, str]:
     return found
 
 
+def component_version(component: object) -> str:
+    """The distribution and version a class (a defense, a plugin's) was installed from, e.g. ``pdm-bench 0.1.0``."""
+    module = type(component).__module__.split(".")[0]
+    names = dict.fromkeys(metadata.packages_distributions().get(module, []))
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found) or f"{module} (not installed as a package)"
+
+
 def device_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"

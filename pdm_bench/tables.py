@@ -7,11 +7,13 @@ seeds are averaged (the cell says how many). A cell nobody measured is "not run"
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from pdm_bench.results import DEFAULT_DETECTOR, Metric, ResultRow, Threat
 
@@ -73,13 +75,46 @@ class Table:
 
 
 def defense_order(names: Iterable[str]) -> list[str]:
-    names = set(names)
-    return [d for d in BUILT_IN_ORDER if d in names] + sorted(names - set(BUILT_IN_ORDER))
+    """The paper's defenses first in its order (each with its variants), then the others by name."""
+    def rank(name: str) -> tuple[int, str]:
+        base = name.split(" (")[0]
+        return (BUILT_IN_ORDER.index(base) if base in BUILT_IN_ORDER else len(BUILT_IN_ORDER), name)
+
+    return sorted(set(names), key=rank)
 
 
-def column_label(row: ResultRow) -> str:
-    """A table column: the defense, and the detector when it is not the paper's KDE (e.g. ``pdm (mahalanobis)``)."""
-    return row.defense if row.detector == DEFAULT_DETECTOR else f"{row.defense} ({row.detector})"
+def with_detector(label: str, detector: str) -> str:
+    """A column's label with the detector when it is not the paper's KDE (e.g. ``pdm (mahalanobis)``)."""
+    return label if detector == DEFAULT_DETECTOR else f"{label} ({detector})"
+
+
+def model_labels(rows: Iterable[ResultRow], runs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """Each run's defense label: its name, or, where one defense name was trained in several configurations
+    (options, epochs, plugin version; seeds are not configurations, they are averaged), the name with what sets this
+    one apart, e.g. ``pdm (rvl_weight=0.5, epochs=5)``. ``runs``: the provenance records (``runs/<run id>.json``);
+    a run without one counts as the defense's only configuration."""
+    config_of: dict[str, tuple[str, str | None]] = {}
+    for r in rows:
+        key = r.run_id if r.threat == Threat.MODEL else runs.get(r.run_id, {}).get("model")
+        record = runs.get(key, {}) if key else {}
+        record = record if "defense_options" in record else runs.get(r.run_id, {})
+        config = None if "defense_options" not in record else json.dumps(
+            {**record["defense_options"], "epochs": record.get("epochs"), "version": record.get("defense_version")},
+            default=str)  # the options in their declared order, then epochs and version
+        config_of[r.run_id] = (r.defense, config)
+    variants: dict[str, set[str]] = defaultdict(set)
+    for defense, config in config_of.values():
+        if config is not None:
+            variants[defense].add(config)
+    labels = {}
+    for run_id, (defense, config) in config_of.items():
+        if config is None or len(variants[defense]) < 2:
+            labels[run_id] = defense
+            continue
+        mine, others = json.loads(config), [json.loads(c) for c in variants[defense]]
+        differing = [f"{name}={value}" for name, value in mine.items() if any(o.get(name) != value for o in others)]
+        labels[run_id] = f"{defense} ({', '.join(differing)})"
+    return labels
 
 
 def block_name(dataset: str, preset: str) -> str:
@@ -89,25 +124,30 @@ def block_name(dataset: str, preset: str) -> str:
 class RowIndex:
     """The rows, grouped so each table can pick its runs."""
 
-    def __init__(self, rows: Iterable[ResultRow]) -> None:
+    def __init__(self, rows: Iterable[ResultRow], runs: Mapping[str, Mapping[str, Any]] | None = None) -> None:
         self.rows = list(rows)
+        self.defense_label = model_labels(self.rows, runs or {})
         self.by_run: dict[str, dict[tuple[str, str], ResultRow]] = defaultdict(dict)
         self.run_time: dict[str, str] = {}
         self.runs_of: dict[tuple[str, str, str, str, int], set[str]] = defaultdict(set)
         for r in self.rows:
             self.by_run[r.run_id][(r.attack, r.metric)] = r  # later rows win
             self.run_time[r.run_id] = max(self.run_time.get(r.run_id, ""), r.time)
-            self.runs_of[(r.dataset, r.preset, column_label(r), r.threat, r.seed)].add(r.run_id)
+            self.runs_of[(r.dataset, r.preset, self.column(r), r.threat, r.seed)].add(r.run_id)
         self.blocks = sorted({(r.dataset, r.preset) for r in self.rows})
         self.used_runs: set[str] = set()
 
+    def column(self, row: ResultRow) -> str:
+        """The column a row belongs to: its defense (and configuration, when several) and detector."""
+        return with_detector(self.defense_label[row.run_id], row.detector)
+
     def defenses(self, dataset: str, preset: str, threat: str | None = None) -> list[str]:
-        return defense_order(column_label(r) for r in self.rows if (r.dataset, r.preset) == (dataset, preset)
+        return defense_order(self.column(r) for r in self.rows if (r.dataset, r.preset) == (dataset, preset)
                              and (threat is None or r.threat == threat))
 
     def evaluated(self, dataset: str | None = None, preset: str | None = None) -> list[str]:
         """The columns (defense, and detector when not the KDE) with rows of any threat model, in table order."""
-        return defense_order(column_label(r) for r in self.rows if r.threat != Threat.MODEL
+        return defense_order(self.column(r) for r in self.rows if r.threat != Threat.MODEL
                              and (dataset is None or (r.dataset, r.preset) == (dataset, preset)))
 
     def chosen_runs(self, dataset: str, preset: str, defense: str, threat: str, attack: str, metric: str) -> list[str]:

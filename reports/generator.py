@@ -51,7 +51,7 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
     if not rows:
         raise UserError(f"No results in {Path(results_dir) / 'results.csv'}: run `pdm-bench run` or `pdm-bench paper` "
                         "with --results-dir first")
-    index = RowIndex(rows)
+    index = RowIndex(rows, read_runs(Path(results_dir)))
     threat_models = report_threat_models(rows)
     tables = all_tables(index, threat_models)
     sections = []
@@ -150,8 +150,13 @@ def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
         record = runs.get(run_id, {})
         clean = index.by_run[run_id].get(("clean", Metric.ACCURACY)) or index.by_run[run_id].get(("clean", Metric.TEST_ACCURACY))
         bandwidth = index.value(run_id, "clean", Metric.BANDWIDTH)
+        options = record.get("defense_options")
+        described = ", ".join(f"{k}={v}" for k, v in options.items()) if isinstance(options, dict) else "not recorded"
+        if record.get("defense_version"):
+            described += f"; {record['defense_version']}"
         used.append({"run_id": run_id, "dataset": first.dataset, "preset": first.preset, "seed": first.seed,
-                     "defense": first.defense, "threat": first.threat, "n": clean.n if clean else "",
+                     "defense": index.defense_label[run_id], "options": described or "none", "threat": first.threat,
+                     "n": clean.n if clean else "",
                      "bandwidth": f"{bandwidth:.4g}" if bandwidth is not None else "",
                      "date": index.run_time[run_id], "command": record.get("command", "not recorded"),
                      "environment": environments.setdefault(

@@ -12,7 +12,7 @@ from pdm_bench.threat import ThreatModel
 
 def accuracy_table(index: RowIndex) -> Table:
     """Table 1: clean test accuracy (%) on the whole test set, dataset rows x defense columns."""
-    defenses = defense_order(r.defense for r in index.rows)
+    defenses = defense_order(index.defense_label[r.run_id] for r in index.rows)
     rows = [block_name(d, p) for d, p in index.blocks]
     cells = {(block_name(d, p), ("", f)): index.cell(d, p, f, "model", "clean", Metric.TEST_ACCURACY)
              for d, p in index.blocks for f in defenses}

@@ -7,7 +7,9 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -154,3 +156,23 @@ def test_a_study_over_seeds_reports_mean_and_sd(tmp_path: Path, capsys: pytest.C
     assert float(cell["digits (quick) pdm"]) == pytest.approx(np.mean(list(per_seed.values())), abs=6e-4)
     assert float(cell["digits (quick) pdm sd"]) == pytest.approx(np.std(list(per_seed.values()), ddof=1), abs=6e-5)
     assert "sd over 2 seeds" in (tmp_path / "r" / "report" / "report.html").read_text()
+
+
+def test_two_configurations_of_one_defense_are_kept_apart(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    """A variant of pdm (another rvl_weight, other epochs) in the same results directory is its own column in every
+    table, labelled with what differs; the provenance names each one's options and package."""
+    results = tmp_path / "results"
+    common = ("--threat", "gray", "--attacks", "fgsm-0.1", "--no-resiliency", "--n-samples", "30", "--no-progress",
+              "--no-geometry", "--results-dir", str(results))
+    assert cli("run", "--defense", "pdm", "--epochs", "3", *common).code == 0
+    assert cli("run", "--defense", "pdm", "-o", "rvl_weight=0.5", "--epochs", "2", *common).code == 0
+    report = cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report"))
+    assert report.code == 0, report.err
+    table1 = read_csv(tmp_path / "report" / "table1_accuracy.csv")[0]
+    table2 = read_csv(tmp_path / "report" / "table2_graybox_auc.csv")[0]
+    first, second = "pdm (rvl_weight=0.1, epochs=3)", "pdm (rvl_weight=0.5, epochs=2)"
+    assert {first, second} <= set(table1) and "pdm" not in table1
+    assert table1[first] != table1[second]  # two models, two accuracies: never one silently replacing the other
+    assert {f"digits (quick) {first}", f"digits (quick) {second}"} <= set(table2)
+    html = (tmp_path / "report" / "report.html").read_text(encoding="utf-8")
+    assert "rvl_weight=0.5" in html and "pdm-bench 0.1.0" in html

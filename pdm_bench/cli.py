@@ -105,6 +105,7 @@ GEOMETRY_OPTION = click.option(
 @GEOMETRY_OPTION
 def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
     """Train a defense (or reuse its cached model) and print its clean test accuracy."""
+    defense_registry().require(options["defense"])  # a typo fails before torch is imported
     if results_dir is not None:
         from pdm_bench.api import check_results_dir
 
@@ -200,6 +201,9 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
                 detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
                 threat_option_pairs: tuple[str, ...], **options: Any) -> None:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
+    threat_model_registry().require(threat)  # names first: a typo fails before torch is imported
+    defense_registry().require(options["defense"])
+    detector_registry().require(detector)
     from pdm_bench import api
 
     threat_model = api.make_threat(threat, threat_options(threat, _pop_threat_flags(options), threat_option_pairs,

@@ -94,6 +94,11 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
+    def require(self, name: str) -> None:
+        """A did-you-mean error for an unknown name, without importing anything (so a typo fails at once)."""
+        if name not in self._entries:
+            raise unknown_name_error(self.kind, name, self._entries)
+
     def get(self, name: str) -> T:
         """The object registered as ``name``; unknown names and broken plugins raise :class:`UserError`."""
         entry = self._entries.get(name)

@@ -26,6 +26,10 @@ def test_the_cli_starts_without_torch() -> None:
     """`pdm-bench --help`, `list`'s parsing and every usage error do not wait for torch (docs/PERFORMANCE.md)."""
     code = "import sys, pdm_bench.cli; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    typo = ("import sys; from pdm_bench.cli import run; "
+            "code = run(['run', '--threat', 'gray', '--defense', 'pmd']); print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", typo], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "2 False" and "Did you mean: pdm?" in done.stderr
 
 
 @pytest.mark.parametrize(("args", "expected"), [

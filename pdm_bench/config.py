@@ -195,13 +195,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     if name == "cuda" or name.startswith("cuda:"):
+        index = name.partition(":")[2]
+        if name.startswith("cuda:") and not index.isdigit():
+            raise UserError(f"Device '{name}' is malformed: expected cuda or cuda:N with N a GPU's number, e.g. cuda:0")
         if not torch.cuda.is_available():
             raise UserError(
                 f"Device '{name}' is not available: torch {torch.__version__} sees no CUDA GPU on this machine. "
                 "Use --device cpu or --device auto."
             )
-        index = name.partition(":")[2]
-        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        if index and int(index) >= torch.cuda.device_count():
             raise UserError(f"Device '{name}' does not exist; this machine has cuda:0..cuda:{torch.cuda.device_count() - 1}")
         return torch.device(name)
     raise UserError(f"Unknown device '{name}'. Available: {', '.join(DEVICE_CHOICES)}")

@@ -39,6 +39,7 @@ def test_the_cli_starts_without_torch() -> None:
     (["run", "--threat", "gray", "--attacks", ",,,"], "--attacks names no attack, got ',,,'"),
     (["run", "--threat", "gray", "--attacks", ""], "--attacks names no attack, got ''"),
     (["train", "-o", "q=0.3", "-o", "q=0.7"], "--defense-option sets q twice (q=0.3 and q=0.7); give it once"),
+    (["train", "--device", "cuda:abc"], "Device 'cuda:abc' is malformed: expected cuda or cuda:N"),
 ])
 def test_wrong_values_are_one_line_errors(cli: Callable[..., CliResult], args: list[str], expected: str) -> None:
     one_line_error(cli(*args, "--no-progress"), expected)

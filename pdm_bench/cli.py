@@ -215,6 +215,7 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     trained = _train(config, options["progress"])
     api.run_evaluation(trained, threat_model, chosen, results_dir, n_samples=n_samples, geometry=geometry,
                        progress=_progress(options["progress"]), log=click.echo, command=_command_line())
+    click.echo(f"Tables and figures from these rows: pdm-bench report --results-dir {results_dir}")
 
 
 @cli.command()

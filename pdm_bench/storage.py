@@ -113,13 +113,17 @@ def chunked_array(path: Path, shape: tuple[int, ...], make: Callable[[slice], np
     parts_dir = path.with_name(f"{path.stem}.parts")
     parts = [slice(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
     pieces: dict[int, np.ndarray] = {}
+    reused = 0
     with tqdm(total=n, desc=label, unit="img", disable=not progress, dynamic_ncols=True) as bar:
         for wait in (False, True):
-            _gather(pieces, parts, path, shape, make, wait=wait, bar=bar, chunk_size=chunk_size, label=label, log=log)
+            reused += _gather(pieces, parts, path, shape, make, wait=wait, bar=bar, chunk_size=chunk_size, label=label,
+                              log=log)
             whole = load_array(path, shape) if len(pieces) < len(parts) else None
             if whole is not None:  # another process finished the array meanwhile
                 shutil.rmtree(parts_dir, ignore_errors=True)
                 return whole, float("nan")
+    if reused:
+        log(f"{label}: {reused} of {n} images reused from stored chunks (made by an earlier or a parallel run)")
     array = np.concatenate([pieces[part.start] for part in parts])
     seconds = sum(_read_seconds(parts_dir / f"{part.start:07d}-{part.stop:07d}.seconds") for part in parts)
     save_array(path, array)
@@ -128,21 +132,24 @@ def chunked_array(path: Path, shape: tuple[int, ...], make: Callable[[slice], np
 
 
 def _gather(pieces: dict[int, np.ndarray], parts: list[slice], path: Path, shape: tuple[int, ...],
-            make: Callable[[slice], np.ndarray], *, wait: bool, bar: Any, chunk_size: int, label: str, log: Log) -> None:
-    """Load or make each chunk not in ``pieces`` (``wait``: also the ones another process holds)."""
-    n, parts_dir = shape[0], path.with_name(f"{path.stem}.parts")
+            make: Callable[[slice], np.ndarray], *, wait: bool, bar: Any, chunk_size: int, label: str, log: Log) -> int:
+    """Load or make each chunk not in ``pieces`` (``wait``: also the ones another process holds); the number of
+    images that were stored before this call (made by an earlier, killed run)."""
+    n, parts_dir, reused = shape[0], path.with_name(f"{path.stem}.parts"), 0
     for part in parts:
         if part.start in pieces:
             continue
         piece_shape = (part.stop - part.start, *shape[1:])
         piece_path = parts_dir / f"{part.start:07d}-{part.stop:07d}.npy"
         piece = load_array(piece_path, piece_shape)
-        if piece is None:
+        if piece is not None:
+            reused += len(piece)
+        else:
             with file_lock(piece_path.with_suffix(".lock"), wait=wait) as held:
                 if not held:
                     continue  # another process is making it
                 if load_array(path, shape) is not None:
-                    return  # another process finished the whole array meanwhile
+                    return reused  # another process finished the whole array meanwhile
                 piece = load_array(piece_path, piece_shape)  # it may have been finished while we waited
                 if piece is None:
                     piece = _make_chunk(make, part, piece_shape, piece_path)
@@ -150,6 +157,7 @@ def _gather(pieces: dict[int, np.ndarray], parts: list[slice], path: Path, shape
                         log(f"{label}: images {part.start + 1}-{part.stop} of {n} done and stored")
         pieces[part.start] = piece
         bar.update(part.stop - part.start)
+    return reused
 
 
 def _make_chunk(make: Callable[[slice], np.ndarray], part: slice, shape: tuple[int, ...], piece_path: Path) -> np.ndarray:

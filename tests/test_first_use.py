@@ -140,3 +140,35 @@ def test_attacks_show_progress_in_a_terminal_and_stay_quiet_in_logs(tmp_path: Pa
     assert "resiliency: 100%" in shown.err
     quiet = cli(*common, "--no-progress", "--results-dir", str(tmp_path / "b"))
     assert quiet.code == 0 and quiet.err == ""
+
+
+def test_a_resumed_attack_says_how_many_images_it_reused(tmp_path: Path) -> None:
+    from pdm_bench.storage import chunked_array
+
+    logged: list[str] = []
+    calls: list[int] = []
+
+    def make(part: slice) -> np.ndarray:
+        calls.append(part.start)
+        if part.start == 20 and len(calls) == 2:
+            raise KeyboardInterrupt  # killed while making the second chunk
+        return np.full((part.stop - part.start, 1, 2, 2), part.start, dtype=np.float32)
+
+    path, shape = tmp_path / "adv.npy", (50, 1, 2, 2)
+    with pytest.raises(KeyboardInterrupt):
+        chunked_array(path, shape, make, chunk_size=20, label="cw-hc", log=logged.append)
+    assert not any("reused" in line for line in logged)
+    array, _ = chunked_array(path, shape, make, chunk_size=20, label="cw-hc", log=logged.append)
+    assert "cw-hc: 20 of 50 images reused from stored chunks (made by an earlier or a parallel run)" in logged
+    assert calls == [0, 20, 20, 40] and array[45, 0, 0, 0] == 40
+
+
+def test_the_gray_table_explains_its_columns_and_leaves_reused_times_blank() -> None:
+    from pdm_bench.results import ResultRow
+    from pdm_bench.threat_models.gray import gray_table
+
+    rows = [ResultRow("digits", "quick", 0, "pdm", "gray", "fgsm-0.05", metric, value, 10, "run", "t")
+            for metric, value in (("auc", 0.9), ("accuracy", 0.5), ("attack_seconds", float("nan")))]
+    table = gray_table(rows, ["fgsm-0.05"], resiliency=False)
+    assert "acc: accuracy on the attacked images" in table and "sec: attack time (blank: reused)" in table
+    assert "nan" not in table.splitlines()[1][-8:] and "resiliency" not in table  # --no-resiliency: no curve table

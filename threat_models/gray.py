@@ -19,7 +19,7 @@ from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
 from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
-from pdm_bench.results import Metric, ResultRow, Threat, flow_metric
+from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, RESILIENCY_EPS, AttackBackend, AttackSpec, attack_targets,
@@ -78,7 +78,7 @@ class GrayBox(ThreatModel):
                         batch_size=self.params.batch_size)
 
     def summary(self, rows: list[ResultRow]) -> str:
-        return gray_table(rows, self.params.attack_names())
+        return gray_table(rows, self.params.attack_names(), resiliency=self.params.resiliency)
 
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [attack_table(index, key="table2_graybox_auc", title="Table 2: detection AUC under the gray-box threat "
@@ -157,23 +157,21 @@ def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarr
             ev.row(attack, Metric.FLOW_TOTAL, len(sources), len(sources))]
 
 
-def gray_table(rows: list[ResultRow], attack_names: list[str]) -> str:
+def gray_table(rows: list[ResultRow], attack_names: list[str], *, resiliency: bool = True) -> str:
     """The per-attack table printed after a run: success next to AUC, since a weak attack flatters a detector."""
-    values = {(r.attack, r.metric): r for r in rows}
-
-    def get(attack: str, metric: str) -> float:
-        row = values.get((attack, metric))
-        return row.value if row is not None else float("nan")
-
+    get = value_getter(rows)
     lines = [f"{'attack':<10} {'success':>8} {'pairs':>6} {'AUC':>6} {'95% CI':>15} {'acc':>6} {'L2':>7} {'Linf':>6} {'L0':>6} {'sec':>7}"]
     for name in attack_names:
+        seconds = get(name, Metric.ATTACK_SECONDS)
         lines.append(
-            f"{name:<10} {get(name, 'success_rate'):>8.3f} {get(name, 'pairs_kept'):>6.0f} {get(name, 'auc'):>6.3f} "
-            f"{'[' + format(get(name, 'auc_low'), '.3f') + ', ' + format(get(name, 'auc_high'), '.3f') + ']':>15} "
-            f"{get(name, 'accuracy'):>6.3f} {get(name, 'l2_mean'):>7.3f} {get(name, 'linf_mean'):>6.3f} "
-            f"{get(name, 'l0_mean'):>6.0f} {get(name, 'attack_seconds'):>7.1f}")
-    curve = [(eps, get(f"fgsm-{eps:g}", "accuracy"), get(f"bim-{eps:g}", "accuracy")) for eps in RESILIENCY_EPS]
-    if any(not np.isnan(f) for _, f, _ in curve):
+            f"{name:<10} {get(name, Metric.SUCCESS_RATE):>8.3f} {get(name, Metric.PAIRS_KEPT):>6.0f} {get(name, Metric.AUC):>6.3f} "
+            f"{'[' + format(get(name, Metric.AUC_LOW), '.3f') + ', ' + format(get(name, Metric.AUC_HIGH), '.3f') + ']':>15} "
+            f"{get(name, Metric.ACCURACY):>6.3f} {get(name, Metric.L2_MEAN):>7.3f} {get(name, Metric.LINF_MEAN):>6.3f} "
+            f"{get(name, Metric.L0_MEAN):>6.0f} {'' if np.isnan(seconds) else format(seconds, '.1f'):>7}")
+    lines.append("success: share of correctly classified images the attack fooled; pairs: Pang's pairs the AUC is on; acc: "
+                 "accuracy on the attacked images; L2/Linf/L0: mean distortion of the pairs; sec: attack time (blank: reused)")
+    curve = [(eps, get(f"fgsm-{eps:g}", Metric.ACCURACY), get(f"bim-{eps:g}", Metric.ACCURACY)) for eps in RESILIENCY_EPS]
+    if resiliency and any(not np.isnan(f) for _, f, _ in curve):
         lines.append("resiliency (accuracy under attack): eps " + " ".join(f"{e:>5g}" for e, _, _ in curve))
         lines.append("  fgsm                                  " + " ".join(f"{f:>5.3f}" for _, f, _ in curve))
         lines.append("  bim                                   " + " ".join(f"{b:>5.3f}" for _, _, b in curve))

@@ -24,10 +24,13 @@ def tsne_figure(index: RowIndex, directory: Path, dataset: str, preset: str) -> 
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.3), squeeze=False)
     for ax, (defense, dbi, (xs, ys, labels)) in zip(axes[0], panels):
-        ax.scatter(xs, ys, c=labels, cmap="tab10", s=4, vmin=0, vmax=9)
+        points = ax.scatter(xs, ys, c=labels, cmap="tab10", s=4, vmin=0, vmax=9)
         ax.set_title(f"{defense}\nDBI {dbi:.3f}", fontsize=9)
         ax.set_xticks([])
         ax.set_yticks([])
+    handles, names = points.legend_elements(num=sorted(set(panels[-1][2][2])))
+    fig.legend(handles, names, title="class", loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, title_fontsize=8,
+               markerscale=0.8)
     return Figure(f"tsne-{dataset}-{preset}", f"t-SNE of test embeddings (Figure 2), {block_name(dataset, preset)}",
                   "2-d t-SNE of the pre-logits embeddings of clean test images, coloured by true class; DBI is the "
                   "Davies-Bouldin index of the embeddings themselves (lower: tighter, better separated clusters).",
@@ -50,11 +53,17 @@ def bound_figure(index: RowIndex, dataset: str, preset: str) -> tuple[Figure | N
         return None, terms
     fig, axes = plt.subplots(1, 3, figsize=(10, 2.9))
     names = [str(t["defense"]) for t in terms]
-    for ax, (key, label) in zip(axes, (("margin", "embedding margin eta"), ("jacobian", "mean ||J||_F"),
-                                       ("bound", "eta / ||J||_F"))):
+    panels = (("margin", "embedding margin eta", "distance in the embedding"),
+              ("jacobian", "mean ||J||_F", "embedding units per input unit"),
+              ("bound", "eta / ||J||_F", "input distortion (L2)"))
+    for ax, (key, label, unit) in zip(axes, panels):
         ax.bar(names, [float(t[key]) for t in terms], color="tab:blue")
         ax.set_title(label, fontsize=9)
-        ax.tick_params(axis="x", labelsize=8, rotation=20)
+        ax.set_ylabel(unit, fontsize=8)
+        ax.tick_params(axis="x", labelsize=8, rotation=30)
+        for tick in ax.get_xticklabels():
+            tick.set_horizontalalignment("right")
+    fig.tight_layout()
     return Figure(f"bound-{dataset}-{preset}", f"Terms of the bound (Eq. 4), {block_name(dataset, preset)}",
                   "Embedding margin eta (smallest distance between test embeddings of different classes), the mean "
                   "Frobenius norm of the embedding's Jacobian w.r.t. the input, and their ratio, the right-hand side "

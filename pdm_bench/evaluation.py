@@ -14,6 +14,7 @@ from pdm_bench.config import config_key
 from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.inference import embed_and_predict
+from pdm_bench.metrics import Interval, detection_auc
 from pdm_bench.results import Metric, ResultRow, ResultsStore, now
 from pdm_bench.storage import chunked_array
 
@@ -82,6 +83,15 @@ class Evaluation:
         shape = (len(self.indices), *self.dataset.input_shape)
         return chunked_array(path, shape, make, chunk_size=self.chunk_size, label=attack, log=self.log,
                              progress=self.progress)
+
+    def detection_auc(self, label: str, normal: np.ndarray, adversarial: np.ndarray) -> Interval:
+        """Pang's AUC with its bootstrap interval; a warning when every score ties (the AUC is 0.5 by construction:
+        e.g. a fixed bandwidth so small that every density underflows)."""
+        scores = np.concatenate([normal, adversarial])
+        if len(scores) > 1 and np.unique(scores).size == 1:
+            self.log(f"warning: {label}: all {len(scores)} detector scores are equal ({scores[0]:.4g}), so the AUC is "
+                     f"0.5 by construction; check the detector's settings ({self.detector.summary()})")
+        return detection_auc(normal, adversarial, seed=self.seed)
 
     def record_clean(self, model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The clean images' predictions and scores; their accuracy and the detector's fitted values as rows (once)."""

@@ -172,3 +172,11 @@ def test_the_gray_table_explains_its_columns_and_leaves_reused_times_blank() -> 
     table = gray_table(rows, ["fgsm-0.05"], resiliency=False)
     assert "acc: accuracy on the attacked images" in table and "sec: attack time (blank: reused)" in table
     assert "nan" not in table.splitlines()[1][-8:] and "resiliency" not in table  # --no-resiliency: no curve table
+
+
+def test_a_bandwidth_so_small_that_every_score_ties_is_warned_about(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
+    done = cli("run", "--threat", "gray", "--attacks", "fgsm-0.1", "--no-resiliency", "--n-samples", "30", "--bandwidth",
+               "1e-30", "--defense", "baseline", "--epochs", "2", "--no-progress", "--no-geometry",
+               "--results-dir", str(tmp_path / "r"))
+    assert done.code == 0, done.err
+    assert "warning: fgsm-0.1: all 30 detector scores are equal (-inf), so the AUC is 0.5 by construction" in done.out

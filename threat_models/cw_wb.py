@@ -24,7 +24,7 @@ from pdm_bench.detectors import Detector, KDEDetector
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.inference import embed_and_predict
-from pdm_bench.metrics import Interval, detection_auc, distortions, kept_pairs, success_rate
+from pdm_bench.metrics import Interval, distortions, kept_pairs, success_rate
 from pdm_bench.results import Attack, Metric, ResultRow
 from pdm_bench.threat import ThreatParams
 from pdm_bench.threat_models.attack_specs import build_cw_attack
@@ -274,7 +274,7 @@ def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, Detector], x: np.
     embeddings, pred_t = embed_and_predict(model, x_adv, device=ev.device)
     pred, adv_score = pred_t.numpy(), detector.score(embeddings, pred_t).numpy()
     keep = kept_pairs(y, clean_pred, pred)
-    auc = detection_auc(clean_score[keep], adv_score[keep], seed=ev.seed)
+    auc = ev.detection_auc("C&W-wb", clean_score[keep], adv_score[keep])
     per_image = distortions(x[keep], x_adv[keep])["l2"] / math.sqrt(int(np.prod(x.shape[1:])))
     return Scored(x_adv, pred, adv_score, keep, auc, success_rate(y, clean_pred, pred), per_image, seconds)
 

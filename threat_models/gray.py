@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
-from pdm_bench.metrics import detection_auc, distortions, kept_pairs, success_rate
+from pdm_bench.metrics import distortions, kept_pairs, success_rate
 from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
@@ -117,7 +117,7 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         x_adv, seconds = adversarials(spec)
         adv_pred, adv_score = ev.score(model, x_adv)
         keep = kept_pairs(y, clean_pred, adv_pred)
-        auc = detection_auc(clean_score[keep], adv_score[keep], seed=ev.seed)
+        auc = ev.detection_auc(spec.name, clean_score[keep], adv_score[keep])
         sizes = distortions(x[keep], x_adv[keep])
         n = len(keep)
         ev.results.append([

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdm_bench.evaluation import Evaluation
-from pdm_bench.metrics import detection_auc
 from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
@@ -49,7 +48,7 @@ class UniformNoise(ThreatModel):
         rng = np.random.default_rng(ev.seed)
         noisy = np.clip(x + rng.uniform(-self.params.eps, self.params.eps, size=x.shape), 0.0, 1.0).astype(np.float32)
         noisy_pred, noisy_score = ev.score(model, noisy)
-        auc = detection_auc(clean_score, noisy_score, seed=ev.seed)
+        auc = ev.detection_auc(label, clean_score, noisy_score)
         correct = clean_pred == y
         flipped = float((noisy_pred[correct] != y[correct]).mean()) if correct.any() else float("nan")
         n = len(y)

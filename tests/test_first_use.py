@@ -179,4 +179,4 @@ def test_a_bandwidth_so_small_that_every_score_ties_is_warned_about(tmp_path: Pa
                "1e-30", "--defense", "baseline", "--epochs", "2", "--no-progress", "--no-geometry",
                "--results-dir", str(tmp_path / "r"))
     assert done.code == 0, done.err
-    assert "warning: fgsm-0.1: all 30 detector scores are equal (-inf), so the AUC is 0.5 by construction" in done.out
+    assert "warning: fgsm-0.1: all " in done.out and "detector scores are equal (-inf), so the AUC is 0.5 by construction" in done.out

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pdm_bench.inference import embed_and_predict
 
@@ -84,18 +85,32 @@ def jacobian_frobenius(model: torch.nn.Module, x: torch.Tensor, *, device: torch
 
 
 def measure_geometry(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, device: torch.device, seed: int = 0,
-                     points: int = DEFAULT_POINTS, tsne: bool = True) -> EmbeddingGeometry:
-    """The Eq. 4 terms, the Davies-Bouldin index and (optionally) a t-SNE on ``points`` seeded test images."""
+                     points: int = DEFAULT_POINTS, tsne: bool = True, progress: bool = False) -> EmbeddingGeometry:
+    """The Eq. 4 terms, the Davies-Bouldin index and (optionally) a t-SNE on ``points`` seeded test images.
+
+    ``progress``: a bar over the five stages, naming the one running (t-SNE is the long one)."""
     from sklearn.metrics import davies_bouldin_score
 
     chosen = choose_points(y, points, seed)
     images, labels = torch.as_tensor(x[chosen]), y[chosen]
-    embeddings, _ = embed_and_predict(model, images, device=device)
-    margin, margin_mean = embedding_margin(embeddings, torch.as_tensor(labels))
-    jac = jacobian_frobenius(model, images, device=device)
-    points = embeddings.double().numpy()
-    dbi = float(davies_bouldin_score(points, labels)) if len(np.unique(labels)) > 1 else math.nan
-    coords = _tsne(points, seed) if tsne else None
+    with tqdm(total=5, desc="embedding geometry", unit="stage", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        def stage(name: str) -> None:
+            bar.set_postfix_str(name)
+            bar.update(0 if name == "embeddings" else 1)
+
+        stage("embeddings")
+        embeddings, _ = embed_and_predict(model, images, device=device)
+        stage("margin")
+        margin, margin_mean = embedding_margin(embeddings, torch.as_tensor(labels))
+        stage("Jacobian")
+        jac = jacobian_frobenius(model, images, device=device)
+        stage("Davies-Bouldin")
+        points = embeddings.double().numpy()
+        dbi = float(davies_bouldin_score(points, labels)) if len(np.unique(labels)) > 1 else math.nan
+        stage("t-SNE")
+        coords = _tsne(points, seed) if tsne else None
+        bar.update(1)
     return EmbeddingGeometry(len(chosen), dbi, margin, margin_mean, jac, coords, labels)
 
 

@@ -126,7 +126,8 @@ def train_config(config: ModelConfig, *, progress: bool, log: Log, results_dir: 
     log(f"Model: {result.run_dir}")
     trained = Trained(data, result, torch_device)
     if results_dir is not None:
-        record(trained, Path(results_dir), geometry=geometry, details={"threat": "model"}, command=command, log=log)
+        record(trained, Path(results_dir), geometry=geometry, details={"threat": "model"}, command=command, log=log,
+               progress=progress)
     return trained
 
 
@@ -228,7 +229,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
 
     data, entry, device = trained.data, trained.record, trained.device
     indices = sample_indices(data, n_samples, entry.plan)
-    fit_detector(detector, entry.model, data, device=device, seed=entry.plan.seed)
+    fit_detector(detector, entry.model, data, device=device, seed=entry.plan.seed, progress=progress)
     log(detector.summary())
     store = ResultsStore(results_dir)
     evaluation = Evaluation(data, entry, threat.name, detector, indices, store, device, entry.plan.seed,
@@ -237,7 +238,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
     details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.name,
                **detector.fitted_values(), **threat.params.as_dict()}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
-           run_ids={r.run_id for r in rows} | {entry.key})
+           run_ids={r.run_id for r in rows} | {entry.key}, progress=progress)
     log(f"\n{threat.name.capitalize()}-box results ({entry.defense.name} on {data.name}, N={len(indices)}, "
         f"run {evaluation.run_id}):")
     log(threat.summary(rows))
@@ -246,14 +247,14 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
 
 
 def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,
-           run_ids: set[str] | None = None) -> None:
+           run_ids: set[str] | None = None, progress: bool = False) -> None:
     """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
     from pdm_bench.records import component_version, record_model, record_run
     from pdm_bench.results import ResultsStore
 
     data, entry, device = trained.data, trained.record, trained.device
     store = ResultsStore(results_dir)
-    record_model(store, data, entry, device=device, geometry=geometry, log=log)
+    record_model(store, data, entry, device=device, geometry=geometry, log=log, progress=progress)
     for run_id in sorted(run_ids or {entry.key}):
         if run_id == entry.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
             continue  # the model's own record stays that of the command that first measured it

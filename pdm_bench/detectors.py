@@ -31,6 +31,7 @@ class Detector(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     differentiable: ClassVar[bool] = False  # True: ``torch_score`` is implemented (white and black box can run)
+    progress: ClassVar[bool] = False  # set on the instance by fit_detector: a long ``fit`` may show a tqdm bar
 
     @property
     def reference_points(self) -> int:
@@ -91,7 +92,7 @@ class KDEDetector(Detector):
         from pdm_bench.kde import GaussianKDE
 
         self.kde = GaussianKDE.fit(embeddings, labels, num_classes=num_classes, points_per_class=self.points_per_class,
-                                   bandwidth=self.bandwidth, seed=seed)
+                                   bandwidth=self.bandwidth, seed=seed, progress=self.progress)
 
     def fitted(self) -> GaussianKDE:
         if self.kde is None:
@@ -127,17 +128,21 @@ def kernel_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: i
 
 
 def reference_embeddings(model: torch.nn.Module, dataset: Dataset, *, per_class: int, device: torch.device,
-                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                         seed: int = 0, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``model``'s embeddings of a seeded choice of up to ``per_class`` clean training images per class, and their
     true labels: what a detector is fitted on."""
     index = kernel_indices(dataset.y_train, dataset.num_classes, per_class, seed)
-    embeddings, _ = embed_and_predict(model, dataset.x_train[index], device=device)
+    embeddings, _ = embed_and_predict(model, dataset.x_train[index], device=device,
+                                      progress="detector: reference embeddings" if progress else None)
     return embeddings, torch.from_numpy(dataset.y_train[index])
 
 
 def fit_detector(detector: Detector, model: torch.nn.Module, dataset: Dataset, *, device: torch.device,
-                 seed: int = 0) -> Detector:
-    """Fit ``detector`` on ``model``'s reference embeddings (see :func:`reference_embeddings`)."""
-    embeddings, labels = reference_embeddings(model, dataset, per_class=detector.reference_points, device=device, seed=seed)
+                 seed: int = 0, progress: bool = False) -> Detector:
+    """Fit ``detector`` on ``model``'s reference embeddings (see :func:`reference_embeddings`); ``progress``: bars
+    for the embedding pass and (through ``detector.progress``) for a fit that shows one."""
+    embeddings, labels = reference_embeddings(model, dataset, per_class=detector.reference_points, device=device,
+                                              seed=seed, progress=progress)
+    object.__setattr__(detector, "progress", progress)  # works on a frozen dataclass too
     detector.fit(embeddings, labels, num_classes=dataset.num_classes, seed=seed)
     return detector

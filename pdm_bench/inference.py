@@ -9,18 +9,25 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 
 @torch.no_grad()
 def embed_and_predict(model: torch.nn.Module, x: np.ndarray | torch.Tensor, *, device: torch.device,
-                      batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embeddings and predicted classes (from the logits the model predicts with) in one forward pass."""
+                      batch_size: int = 500, progress: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings and predicted classes (from the logits the model predicts with) in one forward pass.
+
+    ``progress``: a bar over the images with that description (None: no bar)."""
     model.eval()
+    images = torch.as_tensor(x)
     embeddings, predictions = [], []
-    for chunk in torch.as_tensor(x).split(batch_size):
-        embedding, raw_logits = model.embed_and_logits(chunk.to(device))
-        embeddings.append(embedding.cpu())
-        predictions.append((raw_logits * model.logit_sign).argmax(dim=1).cpu())
+    with tqdm(total=len(images), desc=progress, unit="img", disable=progress is None, leave=False,
+              dynamic_ncols=True) as bar:
+        for chunk in images.split(batch_size):
+            embedding, raw_logits = model.embed_and_logits(chunk.to(device))
+            embeddings.append(embedding.cpu())
+            predictions.append((raw_logits * model.logit_sign).argmax(dim=1).cpu())
+            bar.update(len(chunk))
     return torch.cat(embeddings), torch.cat(predictions)
 
 

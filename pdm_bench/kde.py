@@ -13,11 +13,13 @@ float32 stays within a few 1e-4 nats of an exact float64 sum even for embeddings
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from pdm_bench.errors import UserError
 
@@ -108,11 +110,13 @@ def _nn_scale(kernels: Sequence[torch.Tensor], max_points: int | None) -> float:
 
 
 def select_bandwidth(
-    kernels: Sequence[torch.Tensor], *, candidates: BandwidthSearch | Sequence[float] = BandwidthSearch()
+    kernels: Sequence[torch.Tensor], *, candidates: BandwidthSearch | Sequence[float] = BandwidthSearch(),
+    progress: bool = False,
 ) -> float:
     """Bandwidth maximising the mean leave-one-out log-likelihood of the kernel points (see ``BandwidthSearch``).
 
     ``candidates`` is either the search rule or an explicit list of bandwidths (then the best of those is returned).
+    ``progress``: a bar over the candidate bandwidths scored.
     """
     if not isinstance(candidates, BandwidthSearch):
         hs = np.array([_check_bandwidth(h) for h in candidates])
@@ -124,22 +128,43 @@ def select_bandwidth(
     if scale == 0.0:
         loo_log_likelihood(kernels, [1.0], max_points=1)  # raises if no class has 2 points
         return rule.fallback
+    total = rule.num + (rule.refine_num if rule.refine_num >= 3 else 0)
+    with tqdm(total=total, desc="KDE bandwidth search", unit="h", disable=not progress, leave=False,
+              dynamic_ncols=True) as bar:
+        def score(log_hs: np.ndarray) -> np.ndarray:
+            values = loo_log_likelihood(kernels, scale * 10.0**log_hs, max_points=rule.loo_points)
+            bar.update(len(log_hs))
+            return values
+
+        logs, scores, step = _coarse_search(rule, score, bar)
+        best = int(np.argmax(scores))
+        if rule.refine_num >= 3 and 0 < best < len(logs) - 1:
+            logs = np.linspace(logs[best] - step, logs[best] + step, rule.refine_num)
+            scores = score(logs)
+            best = int(np.argmax(scores))
+    return float(scale * 10.0**_parabola_peak(logs, scores, best))
+
+
+def _coarse_search(rule: BandwidthSearch, score: Callable[[np.ndarray], np.ndarray], bar: Any
+                   ) -> tuple[np.ndarray, np.ndarray, float]:
+    """The log10 grid (extended while its best point is on an edge), its scores and its step."""
     logs = np.linspace(rule.log10_low, rule.log10_high, rule.num)
     step = (rule.log10_high - rule.log10_low) / (rule.num - 1)
-    scores = loo_log_likelihood(kernels, scale * 10.0**logs, max_points=rule.loo_points)
+    scores = score(logs)
     for _ in range(rule.max_extensions):
         best = int(np.argmax(scores))
         if 0 < best < len(logs) - 1:
             break
         offsets = step * np.arange(1, rule.num)
         new = logs[0] - offsets[::-1] if best == 0 else logs[-1] + offsets
-        new_scores = loo_log_likelihood(kernels, scale * 10.0**new, max_points=rule.loo_points)
+        bar.total += len(new)
+        new_scores = score(new)
         logs, scores = (np.r_[new, logs], np.r_[new_scores, scores]) if best == 0 else (np.r_[logs, new], np.r_[scores, new_scores])
-    best = int(np.argmax(scores))
-    if rule.refine_num >= 3 and 0 < best < len(logs) - 1:
-        logs = np.linspace(logs[best] - step, logs[best] + step, rule.refine_num)
-        scores = loo_log_likelihood(kernels, scale * 10.0**logs, max_points=rule.loo_points)
-        best = int(np.argmax(scores))
+    return logs, scores, step
+
+
+def _parabola_peak(logs: np.ndarray, scores: np.ndarray, best: int) -> float:
+    """The best log10 bandwidth, refined by a parabola through the best three (equally spaced) points."""
     x = logs[best]
     if 0 < best < len(logs) - 1:  # parabola through the best three points (equally spaced in log h)
         y0, y1, y2 = scores[best - 1 : best + 2]
@@ -147,7 +172,7 @@ def select_bandwidth(
         if curvature < 0:
             fine_step = logs[best + 1] - logs[best]
             x += float(np.clip(0.5 * (y0 - y2) / curvature, -1.0, 1.0)) * fine_step
-    return float(scale * 10.0**x)
+    return float(x)
 
 
 class GaussianKDE:
@@ -201,6 +226,7 @@ class GaussianKDE:
         bandwidth: float | None = None,
         seed: int = 0,
         search: BandwidthSearch | None = None,
+        progress: bool = False,
     ) -> GaussianKDE:
         """Up to ``points_per_class`` embeddings per true class (a seeded random subset when there are more).
 
@@ -229,7 +255,7 @@ class GaussianKDE:
             if index.numel() == 0:
                 raise UserError(f"class {c} has no training embeddings: cannot build its density")
             kernels.append(points[_pick(index, points_per_class, generator)])
-        h = bandwidth if bandwidth is not None else select_bandwidth(kernels, candidates=search or BandwidthSearch())
+        h = bandwidth if bandwidth is not None else select_bandwidth(kernels, candidates=search or BandwidthSearch(), progress=progress)
         return cls(kernels, h)
 
     def log_density(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ def model_row(data: Dataset, trained: TrainedModel, attack: str, metric: str, va
 
 
 def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, device: torch.device,
-                 geometry: bool = True, points: int = 1000, log: Any = print) -> None:
+                 geometry: bool = True, points: int = 1000, log: Any = print, progress: bool = False) -> None:
     """Clean test accuracy and (once per model) the embedding geometry, as rows; t-SNE to ``embeddings/``."""
     if not store.finished(trained.key, "clean", legacy=("clean", Metric.TEST_ACCURACY)):
         store.append([model_row(data, trained, "clean", Metric.TEST_ACCURACY, trained.test_accuracy, len(data.y_test))],
@@ -47,7 +47,8 @@ def record_model(store: ResultsStore, data: Dataset, trained: TrainedModel, *, d
         from pdm_bench.analysis import measure_geometry
 
         started = time.perf_counter()
-        g = measure_geometry(trained.model, data.x_test, data.y_test, device=device, seed=trained.plan.seed, points=points)
+        g = measure_geometry(trained.model, data.x_test, data.y_test, device=device, seed=trained.plan.seed, points=points,
+                             progress=progress)
         if g.tsne is not None:
             write_tsne(store.directory, trained.key, g.tsne, g.labels)
         values = {"davies_bouldin": g.davies_bouldin, "embedding_margin": g.margin, "embedding_margin_mean": g.margin_mean,

@@ -119,9 +119,11 @@ def distil_proxy(ev: Evaluation, *, cache_dir: Path, depth: int | None = None, e
     return Proxy(model, plan, entry.key, entry.run_dir, agreement, accuracy, from_cache, seconds)
 
 
-def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int) -> KDEDetector:
+def attacker_kde(proxy: Proxy, data: Dataset, *, device: torch.device, points_per_class: int, seed: int,
+                 progress: bool = False) -> KDEDetector:
     """The attacker's own detector copy: Feinman's KDE on the proxy's embeddings of training inputs (true labels)."""
-    return fit_detector(KDEDetector(points_per_class=points_per_class), proxy.model, data, device=device, seed=seed)  # type: ignore[return-value]
+    return fit_detector(KDEDetector(points_per_class=points_per_class), proxy.model, data, device=device, seed=seed,  # type: ignore[return-value]
+                        progress=progress)
 
 
 def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int | None = None,
@@ -154,7 +156,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
     proxy = distil_proxy(ev, cache_dir=cache_dir, depth=proxy_depth, epochs=proxy_epochs, progress=progress)
-    own = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed)
+    own = attacker_kde(proxy, data, device=ev.device, points_per_class=attacker_kde_points, seed=ev.seed, progress=progress)
     own_kde = own.fitted()
     attack = WhiteAttack(model=proxy.model, detector=own, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,

@@ -289,19 +289,27 @@ def _names(text: str) -> list[str]:
     return [name.strip() for name in text.split(",") if name.strip()]
 
 
-def _list_components(title: str, registry: Registry[Any], *, options: bool = True) -> None:
+def _list_components(title: str, registry: Registry[Any]) -> None:
+    """Built-ins are described from their source (no torch import: see pdm_bench.catalog); plugins are loaded, so a
+    broken one shows as BROKEN with its error."""
+    from pdm_bench.catalog import Card, read_card
+
     click.echo(f"{title}:")
-    for status in registry.statuses():
-        if status.error is not None:
-            click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
-            continue
-        value = status.value
-        origin = "" if status.origin == "built-in" else f" [{status.origin}]"
-        click.echo(f"  {status.name:<14} {getattr(value, 'description', '')}{origin}")
-        params = getattr(value, "params_type", value)
-        described = describe_options(params) if options and isinstance(params, type) else ""
-        if described:
-            click.echo(f"  {'':<14} options: {described}")
+    for name, target, origin in registry.targets():
+        card = read_card(target) if origin == "built-in" and target else None
+        if card is None:
+            status = registry.status(name)
+            if status.error is not None:
+                click.echo(f"  {name:<14} BROKEN {origin}: {status.error}")
+                continue
+            params = getattr(status.value, "params_type", status.value)
+            card = Card(getattr(status.value, "description", ""),
+                        describe_options(params) if isinstance(params, type) else "")
+        click.echo(f"  {name:<14} {card.description}{'' if origin == 'built-in' else f' [{origin}]'}")
+        if card.options:
+            click.echo(f"  {'':<14} options: {card.options}")
+    for status in registry.rejected():
+        click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
 
 
 @cli.command(name="list")

@@ -112,9 +112,21 @@ class Registry(Generic[T]):
     def statuses(self) -> Iterator[EntryStatus]:
         """Every entry, loaded (so broken plugins show their error), then the rejected ones."""
         for name in self.names():
-            entry = self._resolve(self._entries[name])
-            yield EntryStatus(name, entry.origin, entry.error, entry.value)
+            yield self.status(name)
         yield from self._rejected
+
+    def status(self, name: str) -> EntryStatus:
+        """One entry, loaded (a broken plugin shows its error)."""
+        entry = self._resolve(self._entries[name])
+        return EntryStatus(name, entry.origin, entry.error, entry.value)
+
+    def targets(self) -> list[tuple[str, str, str]]:
+        """(name, ``module:attribute`` or '' for an added object, origin) of each entry, importing nothing."""
+        return [(e.name, e.target, e.origin) for e in self._entries.values()]
+
+    def rejected(self) -> list[EntryStatus]:
+        """Plugins refused because their name was taken."""
+        return list(self._rejected)
 
     def _resolve(self, entry: _Entry) -> _Entry:
         if entry.value is None and entry.error is None:

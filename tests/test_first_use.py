@@ -30,6 +30,39 @@ def test_the_cli_starts_without_torch() -> None:
             "code = run(['run', '--threat', 'gray', '--defense', 'pmd']); print(code, 'torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", typo], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "2 False" and "Did you mean: pdm?" in done.stderr
+    listing = "import sys; from pdm_bench.cli import run; code = run(['list']); print(code, 'torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", listing], capture_output=True, text=True, check=True)
+    assert done.stdout.strip().endswith("0 False") and "options: q=0.5, partners=batch" in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["defense", "detector", "threat_model"])
+def test_list_reads_each_built_in_as_importing_it_would(kind: str) -> None:
+    """`list` describes built-ins from their source (pdm_bench.catalog); the imported classes must say the same."""
+    from pdm_bench import registry
+    from pdm_bench.catalog import Card, read_card
+    from pdm_bench.options import describe_options
+
+    built = getattr(registry, f"{kind}_registry")(plugins=False)
+    for name, target, _ in built.targets():
+        value = built.get(name)
+        params = getattr(value, "params_type", value)
+        assert read_card(target) is not None, target
+        assert read_card(target) == Card(value.description, describe_options(params)), target
+
+
+def test_the_catalog_gives_up_on_what_it_cannot_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pdm_bench.catalog import Card, read_card
+
+    (tmp_path / "cards_demo.py").write_text(
+        "from dataclasses import dataclass, field\nimport os\n"
+        "@dataclass(kw_only=True)\nclass Plain:\n    description = 'plain'\n    a: int = 1\n"
+        "    b: str = field(default='x')\n    c: int = field(default=0, init=False)\n"
+        "@dataclass(kw_only=True)\nclass Computed(Plain):\n    d: str = os.sep\n"
+        "class Outside(os.PathLike):\n    description = 'from a foreign base'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert read_card("cards_demo:Plain") == Card("plain", "a=1, b=x")
+    assert read_card("cards_demo:Computed") is None and read_card("cards_demo:Outside") is None
+    assert read_card("cards_demo:Missing") is None and read_card("no_such_module_here:X") is None
 
 
 @pytest.mark.parametrize(("args", "expected"), [
@@ -132,13 +165,15 @@ def test_bad_run_settings_fail_before_any_training(tmp_path: Path, cli: Callable
 
 def test_attacks_show_progress_in_a_terminal_and_stay_quiet_in_logs(tmp_path: Path, cli: Callable[..., CliResult]) -> None:
     common = ("run", "--threat", "gray", "--defense", "baseline", "--epochs", "1", "--attacks", "fgsm-0.1,cw-hc",
-              "--n-samples", "10", "--no-geometry")
+              "--n-samples", "10")
     shown = cli(*common, "--progress", "--results-dir", str(tmp_path / "a"))
     assert shown.code == 0, shown.err
     assert "cw-hc: 100%" in shown.err and "10/10" in shown.err  # images done, of how many
     assert "CarliniWagnerL2 on 10 images, search step" in shown.err and "successful" in shown.err
     assert "resiliency: 100%" in shown.err
-    quiet = cli(*common, "--no-progress", "--results-dir", str(tmp_path / "b"))
+    assert "detector: reference embeddings:" in shown.err and "KDE bandwidth search:" in shown.err
+    assert "embedding geometry" in shown.err and "t-SNE" in shown.err and "5/5" in shown.err
+    quiet = cli(*common, "--no-progress", "--no-geometry", "--results-dir", str(tmp_path / "b"))
     assert quiet.code == 0 and quiet.err == ""
 
 

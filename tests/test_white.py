@@ -20,7 +20,7 @@ from pdm_bench.evaluation import Evaluation, sample_indices
 from pdm_bench.kde import GaussianKDE
 from pdm_bench.results import ResultsStore, Threat
 from pdm_bench.threat_models.attack_specs import build_cw_attack
-from pdm_bench.threat_models.attacks import torch_model
+from pdm_bench.threat_models.estimator_paths import estimator_path
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
 from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
@@ -62,7 +62,8 @@ def test_penalty_is_zero_exactly_when_the_density_reaches_tau(parts: tuple[Any, 
     log_tau = torch.full((10,), float(density.median()))
     attack = build_cw_attack(to_art_classifier(model, input_shape=data.input_shape, nb_classes=10, device=CPU),
                              kde=attack_kde, log_tau=log_tau)
-    attack._model = torch_model(attack.estimator)
+    attack._path = estimator_path(attack.estimator)
+    attack._model = attack._path.module
     with torch.no_grad():
         logits, extra = attack.penalty(x, labels)
     assert torch.allclose(logits, model(x))

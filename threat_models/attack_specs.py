@@ -20,6 +20,10 @@ if TYPE_CHECKING:
     from art.estimators.classification import PyTorchClassifier
 
 ATTACK_ENTRY_POINT_GROUP = "pdm_bench.attacks"
+# Our settings for the Adam C&W where a spec or budget leaves one open (cleverhans's defaults, batched, quiet); the
+# class itself has ART's defaults, for drop-in use.
+CW_ADAM_DEFAULTS: dict[str, Any] = {"learning_rate": 5e-3, "binary_search_steps": 5, "max_iter": 1000,
+                                    "initial_const": 1e-2, "batch_size": 128, "verbose": False}
 RESILIENCY_EPS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 11))  # Figure 3's eps grid
 
 
@@ -63,12 +67,17 @@ def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: At
             return CarliniL2Method(classifier, confidence=p["confidence"], targeted=targeted,
                                    binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
                                    batch_size=batch_size, verbose=verbose)
-        from pdm_bench.threat_models.attacks import CarliniWagnerL2, CarliniWagnerL2LineSearch
+        from pdm_bench.threat_models.attacks import CarliniWagnerL2
+        from pdm_bench.threat_models.cw_line_search import CarliniWagnerL2LineSearch
 
-        solver = CarliniWagnerL2 if p.get("solver", "adam") == "adam" else CarliniWagnerL2LineSearch
-        return solver(classifier, confidence=p["confidence"], targeted=targeted,
-                      binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"], batch_size=batch_size,
-                      verbose=verbose)
+        if p.get("solver", "adam") == "adam":
+            return CarliniWagnerL2(classifier, **{**CW_ADAM_DEFAULTS, "confidence": p["confidence"], "targeted": targeted,
+                                                  "binary_search_steps": p["binary_search_steps"],
+                                                  "max_iter": p["max_iter"], "batch_size": batch_size,
+                                                  "verbose": verbose})
+        return CarliniWagnerL2LineSearch(classifier, confidence=p["confidence"], targeted=targeted,
+                                         binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
+                                         batch_size=batch_size, verbose=verbose)
     if spec.family == "jsma":  # always targeted (random targets when none are given), as in ART
         if backend is AttackBackend.ART:
             return SaliencyMapMethod(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=verbose)
@@ -83,11 +92,12 @@ def build_cw_attack(classifier: PyTorchClassifier, *, kde: Any = None, log_tau: 
     """Targeted C&W L2 (Adam, the original algorithm) with ``params``; with ``kde``: C&W-wb against that KDE."""
     from pdm_bench.threat_models.attacks import CarliniWagnerL2
 
+    settings = {**CW_ADAM_DEFAULTS, **params}
     if kde is None:
-        return CarliniWagnerL2(classifier, targeted=True, **params)
+        return CarliniWagnerL2(classifier, targeted=True, **settings)
     from pdm_bench.threat_models.cw_kde import CarliniWagnerKDE
 
-    return CarliniWagnerKDE(classifier, kde=kde, log_tau=log_tau, threshold=threshold, **params)  # type: ignore[arg-type]
+    return CarliniWagnerKDE(classifier, kde=kde, log_tau=log_tau, threshold=threshold, **settings)  # type: ignore[arg-type]
 
 
 GRAY_ATTACKS: dict[str, AttackSpec] = {

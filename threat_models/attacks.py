@@ -1,29 +1,38 @@
-"""Batched torch attacks, as ART ``EvasionAttack`` subclasses, where ART's own are slow or weak.
+"""Batched torch attacks, as ART ``EvasionAttack`` subclasses, where ART's own are slow or weak; drop-ins for ART's.
 
 - :class:`CarliniWagnerL2`: Carlini and Wagner's original L2 algorithm as cleverhans implements it (the paper made its
   attacks with cleverhans): Adam in tanh space, binary search on the constant from ``initial_const``, early abort.
   ART's ``CarliniL2Method`` is a different optimiser (a numpy line search) that is slower and, at high confidence,
   far weaker. One difference from cleverhans: early abort and the binary search act per image, so a batch gives what
   ``batch_size=1`` gives in cleverhans.
-- :class:`SaliencyMapTorch`: ART's ``SaliencyMapMethod`` algorithm, step for step, on torch tensors in one batch.
+- :class:`CarliniWagnerL2LineSearch` (``cw_line_search``): ART's ``CarliniL2Method`` algorithm, ported.
+- :class:`SaliencyMapTorch` (``jsma``): ART's ``SaliencyMapMethod`` algorithm, step for step, in one batch.
 
-Both run the wrapped ``torch.nn.Module`` directly (on the classifier's device), so no numpy round trip sits in
-their loops. Subclasses of :class:`CarliniWagnerL2` add a penalty (e.g. a detector's) by overriding one method.
+Each takes ART's signature (same positional order, names, defaults, ``attack_params`` and checks) with our additions
+as keyword-only arguments after it, accepts any classifier with class gradients (``estimator_paths``: torch on a
+``PyTorchClassifier``, preprocessing included; the classifier's own gradient calls otherwise) and, without
+``clip_values``, bounds images by the data's range as ART does. Subclasses of :class:`CarliniWagnerL2` add a penalty
+(e.g. a detector's) by overriding one method.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from typing import Any
 
 import numpy as np
 import torch
 from art.attacks.attack import EvasionAttack
-from art.estimators.classification import PyTorchClassifier
-from art.utils import check_and_transform_label_format
+from art.estimators.classification.classifier import ClassGradientsMixin
+from art.estimators.estimator import BaseEstimator
 from tqdm.auto import tqdm
 
-from pdm_bench.models import ResNet
+from pdm_bench.threat_models.art_compat import (ART_CW_PARAMS, bounds_on, check_cw_params, class_labels, data_bounds,
+                                                set_cw_params)
+from pdm_bench.threat_models.cw_line_search import CarliniWagnerL2LineSearch
+from pdm_bench.threat_models.estimator_paths import EstimatorPath, estimator_path, frozen_copy
+
+__all__ = ["CarliniWagnerL2", "CarliniWagnerL2LineSearch", "carlini_wagner_objective", "frozen_copy"]
 
 
 def carlini_wagner_objective(logits: torch.Tensor, labels: torch.Tensor, *, confidence: float,
@@ -39,77 +48,36 @@ def carlini_wagner_objective(logits: torch.Tensor, labels: torch.Tensor, *, conf
     return torch.clamp(margin + confidence, min=0.0)
 
 
-def torch_model(classifier: PyTorchClassifier) -> torch.nn.Module:
-    if not isinstance(classifier, PyTorchClassifier):
-        raise TypeError(f"expected an ART PyTorchClassifier, got {type(classifier).__name__}")
-    if classifier.preprocessing_defences or classifier.preprocessing is not None and not _is_identity(classifier):
-        raise ValueError("expected a classifier without preprocessing (these attacks run its torch model directly)")
-    model = classifier.model
-    model.eval()
-    return model
-
-
-def frozen_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """A copy of ``model`` for an attack's inner loop: no weight gradients, BatchNorm folded into the convolutions
-    (our ResNets) and, on the CPU, channels-last layout.
-
-    Together 1.8x faster per forward and backward pass on the quick ResNet-8 (MNIST, one CPU thread;
-    docs/PERFORMANCE.md). The caller's model is left as it is; outputs agree to float rounding.
-    """
-    frozen = model.with_batch_norm_folded() if isinstance(model, ResNet) else copy.deepcopy(model)
-    frozen = frozen.eval().requires_grad_(False)
-    return frozen.to(memory_format=torch.channels_last) if device.type == "cpu" else frozen
-
-
-def _is_identity(classifier: PyTorchClassifier) -> bool:
-    preprocessing = classifier.preprocessing
-    mean, std = getattr(preprocessing, "mean", 0.0), getattr(preprocessing, "std", 1.0)
-    return bool(np.all(np.asarray(mean) == 0) and np.all(np.asarray(std) == 1))
-
-
 class CarliniWagnerL2(EvasionAttack):
-    """Carlini & Wagner's L2 attack (original algorithm) on a PyTorch classifier that returns logits."""
+    """Carlini & Wagner's L2 attack (original algorithm, Adam); ART's ``CarliniL2Method`` signature and defaults.
 
-    attack_params = EvasionAttack.attack_params + [
-        "confidence", "targeted", "learning_rate", "binary_search_steps", "max_iter", "initial_const", "abort_early",
-        "batch_size", "verbose",
-    ]
-    _estimator_requirements = (PyTorchClassifier,)
+    ``max_halving`` and ``max_doubling`` are accepted and checked as ART does (for drop-in use) but unused: Adam has
+    no line search. ``abort_early`` (ours): stop an image's binary-search step once its loss stops falling.
+    """
+
+    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early"]
+    _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
     # Images never fully successful come back unchanged (cleverhans); a subclass with a penalty may instead return
     # its best try: the label goal met with the smallest penalty left.
     keep_best_try = False
 
-    def __init__(self, classifier: PyTorchClassifier, *, confidence: float = 0.0, targeted: bool = False,
-                 learning_rate: float = 5e-3, binary_search_steps: int = 5, max_iter: int = 1000,
-                 initial_const: float = 1e-2, abort_early: bool = True, batch_size: int = 128,
-                 verbose: bool = False) -> None:
+    def __init__(self, classifier: Any, confidence: float = 0.0, targeted: bool = False, learning_rate: float = 0.01,
+                 binary_search_steps: int = 10, max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5,
+                 max_doubling: int = 5, batch_size: int = 1, verbose: bool = True, *, abort_early: bool = True) -> None:
         super().__init__(estimator=classifier)
-        self.confidence = confidence
-        self._targeted = targeted
-        self.learning_rate = learning_rate
-        self.binary_search_steps = binary_search_steps
-        self.max_iter = max_iter
-        self.initial_const = initial_const
+        set_cw_params(self, locals())
         self.abort_early = abort_early
-        self.batch_size = batch_size
-        self.verbose = verbose
         self._check_params()
 
     def _check_params(self) -> None:
-        for name in ("binary_search_steps", "max_iter", "batch_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"expected a positive integer {name}, got {value!r}")
-        for name in ("learning_rate", "initial_const"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"expected a positive {name}, got {getattr(self, name)!r}")
-        if not self.confidence >= 0:
-            raise ValueError(f"expected a non-negative confidence, got {self.confidence!r}")
+        check_cw_params(self)
+        if not isinstance(self.abort_early, bool):
+            raise ValueError(f"The argument `abort_early` has to be of type bool, got {self.abort_early!r}.")
 
     # The one method a subclass overrides to add a penalty (e.g. against a detector) to the objective.
     def penalty(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits of ``x_adv`` and an extra per-image penalty (>= 0; the attack succeeds only where it is 0)."""
-        logits = self._model(x_adv)
+        logits = self._path.logits(x_adv)
         return logits, torch.zeros(len(x_adv), dtype=logits.dtype, device=logits.device)
 
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: object) -> np.ndarray:
@@ -118,14 +86,11 @@ class CarliniWagnerL2(EvasionAttack):
         ``x_init`` (keyword, optional): start the search from these images instead of ``x`` (distances stay to ``x``).
         Images the attack fails on are returned unchanged.
         """
-        device = self.estimator.device
-        self._model = frozen_copy(torch_model(self.estimator), device)
-        if y is None:
-            if self.targeted:
-                raise ValueError("expected target labels y for a targeted attack, got None")
-            labels = np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
-        else:
-            labels = np.argmax(check_and_transform_label_format(y, nb_classes=self.estimator.nb_classes), axis=1)
+        self._path: EstimatorPath = estimator_path(self.estimator, frozen=True)
+        self._model = self._path.module  # a subclass's penalty may read more of it (None on the general path)
+        device = self._path.device
+        labels = class_labels(self, x, y)
+        self._bounds = data_bounds(self.estimator, x)
         x_init = kwargs.get("x_init")
         start = np.asarray(x_init if x_init is not None else x, dtype=np.float32)
         if start.shape != x.shape:
@@ -151,7 +116,7 @@ class CarliniWagnerL2(EvasionAttack):
         return hit & (extra.detach() <= 0)
 
     def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        clip_min, clip_max = self.estimator.clip_values if self.estimator.clip_values is not None else (0.0, 1.0)
+        clip_min, clip_max = bounds_on(self._bounds, x.device)
         mul, plus = (clip_max - clip_min) / 2, (clip_max + clip_min) / 2
 
         def to_tanh(images: torch.Tensor) -> torch.Tensor:
@@ -231,163 +196,3 @@ class CarliniWagnerL2(EvasionAttack):
             best_adv[fallback] = try_adv[fallback]
         return best_adv.detach()
 
-
-_C_UPPER = 10e10
-_SMOOTHER = 0.999999
-
-
-class CarliniWagnerL2LineSearch(EvasionAttack):
-    """ART's ``CarliniL2Method`` algorithm (gradient steps in tanh space with a per-image line search), in torch.
-
-    The same steps, constants and binary search as ART 1.20 (including its update of the lower bound to the new
-    constant), on the whole batch at once with one backward pass per gradient. Strong at short budgets (10
-    iterations), where the Adam algorithm barely moves saturated pixels; weak at high confidence.
-    """
-
-    attack_params = EvasionAttack.attack_params + [
-        "confidence", "targeted", "learning_rate", "binary_search_steps", "max_iter", "initial_const", "max_halving",
-        "max_doubling", "batch_size", "verbose",
-    ]
-    _estimator_requirements = (PyTorchClassifier,)
-
-    def __init__(self, classifier: PyTorchClassifier, *, confidence: float = 0.0, targeted: bool = False,
-                 learning_rate: float = 0.01, binary_search_steps: int = 10, max_iter: int = 10,
-                 initial_const: float = 0.01, max_halving: int = 5, max_doubling: int = 5, batch_size: int = 128,
-                 verbose: bool = False) -> None:
-        super().__init__(estimator=classifier)
-        self.confidence = confidence
-        self._targeted = targeted
-        self.learning_rate = learning_rate
-        self.binary_search_steps = binary_search_steps
-        self.max_iter = max_iter
-        self.initial_const = initial_const
-        self.max_halving = max_halving
-        self.max_doubling = max_doubling
-        self.batch_size = batch_size
-        self.verbose = verbose
-        CarliniWagnerL2._check_params(self)  # type: ignore[arg-type]
-
-    def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: object) -> np.ndarray:
-        """Adversarial examples; ``y``: targets (targeted) or true labels (untargeted; default: predictions)."""
-        self._model = torch_model(self.estimator)
-        device = self.estimator.device
-        if y is None:
-            if self.targeted:
-                raise ValueError("expected target labels y for a targeted attack, got None")
-            y = np.argmax(self.estimator.predict(x, batch_size=self.batch_size), axis=1)
-        one_hot = check_and_transform_label_format(y, nb_classes=self.estimator.nb_classes).astype(np.float32)
-        out = np.asarray(x, dtype=np.float32).copy()
-        for lo in tqdm(range(0, len(x), self.batch_size), desc="C&W", disable=not self.verbose):
-            hi = lo + self.batch_size
-            out[lo:hi] = self._attack_batch(torch.as_tensor(out[lo:hi], device=device),
-                                            torch.as_tensor(one_hot[lo:hi], device=device)).cpu().numpy()
-        return out
-
-    def _bounds(self) -> tuple[float, float]:
-        return self.estimator.clip_values if self.estimator.clip_values is not None else (0.0, 1.0)
-
-    def _to_original(self, x_tanh: torch.Tensor) -> torch.Tensor:
-        lo, hi = self._bounds()
-        return (torch.tanh(x_tanh) + 1.0) / 2.0 * (hi - lo) + lo
-
-    def _loss(self, x: torch.Tensor, x_adv: torch.Tensor, target: torch.Tensor, c: torch.Tensor
-              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Logits, squared L2 distance (float32, as ART stores it) and c * margin + distance (float64)."""
-        l2 = (x.to(x_adv.dtype) - x_adv).flatten(1).pow(2).sum(dim=1)
-        with torch.no_grad():
-            z = self._model(x_adv.float())
-        z_target = (z * target).sum(dim=1)
-        z_other = (z * (1 - target) + (z.min(dim=1).values - 1)[:, None] * target).max(dim=1).values
-        margin = z_other - z_target if self.targeted else z_target - z_other
-        margin = torch.clamp(margin + self.confidence, min=0.0)
-        return z, l2.float(), c * margin.double() + l2.double()
-
-    def _descent(self, z: torch.Tensor, target: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor,
-                 x_tanh: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        """Minus the loss gradient in tanh space, as ART computes it (the margin term is never switched off)."""
-        other = (z * (1 - target) + (z.min(dim=1).values - 1)[:, None] * target).argmax(dim=1)
-        label = target.argmax(dim=1)
-        add, sub = (other, label) if self.targeted else (label, other)
-        images = x_adv.detach().clone().requires_grad_(True)
-        logits = self._model(images)
-        rows = torch.arange(len(images), device=images.device)
-        (grad,) = torch.autograd.grad((logits[rows, add] - logits[rows, sub]).sum(), images)
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        lo, hi = self._bounds()
-        grad = (grad.double() * c.view(shape)).float() + 2 * (x_adv - x)
-        grad = grad * (hi - lo) * ((1 - torch.tanh(x_tanh) ** 2) / (2 * _SMOOTHER))
-        return -grad
-
-    def _attack_batch(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        lo, hi = self._bounds()
-        n, dev = len(x), x.device
-        shape = (-1,) + (1,) * (x.dim() - 1)
-        x_tanh = torch.atanh(((x.clamp(lo, hi) - lo) / (hi - lo) * 2 - 1) * _SMOOTHER)
-        c = torch.full((n,), self.initial_const, dtype=torch.float64, device=dev)
-        c_lower = torch.zeros(n, dtype=torch.float64, device=dev)
-        c_double = torch.ones(n, dtype=torch.bool, device=dev)
-        best_l2 = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
-        best_adv = x.clone()
-
-        def keep_improved(success: torch.Tensor, l2: torch.Tensor, x_adv: torch.Tensor) -> None:
-            improved = success & (l2.double() < best_l2)
-            best_l2[improved] = l2[improved].double()
-            best_adv[improved] = x_adv[improved]
-
-        for _ in range(self.binary_search_steps):
-            if not (c < _C_UPPER).any():
-                break
-            lr = torch.full((n,), self.learning_rate, dtype=torch.float64, device=dev)
-            x_adv, x_adv_tanh = x.clone(), x_tanh.clone()
-            z, l2, loss = self._loss(x, x_adv, target, c)
-            success = loss - l2.double() <= 0
-            overall = success.clone()
-            for _ in range(self.max_iter):
-                keep_improved(success, l2, x_adv)
-                active = (c < _C_UPPER) & (lr > 0)
-                if not active.any():
-                    break
-                step = self._descent(z[active], target[active], x[active], x_adv[active], x_adv_tanh[active], c[active])
-                full_step = torch.zeros_like(x)
-                full_step[active] = step
-                prev_loss, best_loss = loss.clone(), loss.clone()
-                best_lr = torch.zeros(n, dtype=torch.float64, device=dev)
-                halving = torch.zeros(n, device=dev)
-
-                def try_step(mask: torch.Tensor) -> None:
-                    candidate = self._to_original(x_adv_tanh[mask].double() + lr[mask].view(shape) * full_step[mask])
-                    _, l2[mask], loss[mask] = self._loss(x[mask], candidate, target[mask], c[mask])
-                    better = loss < best_loss
-                    best_lr[better] = lr[better]
-                    best_loss[better] = loss[better]
-
-                for _ in range(self.max_halving):
-                    halve = active & (loss >= prev_loss)
-                    if not halve.any():
-                        break
-                    try_step(halve)
-                    lr[halve] /= 2
-                    halving[halve] += 1
-                lr[active] *= 2
-                for _ in range(self.max_doubling):
-                    double = active & (halving == 1) & (loss <= best_loss)
-                    if not double.any():
-                        break
-                    lr[double] *= 2
-                    try_step(double)
-                lr[halving == 1] /= 2
-                update = active & (best_lr > 0)
-                if update.any():
-                    x_adv_tanh[update] = (x_adv_tanh[update].double() + best_lr[update].view(shape) * full_step[update]).float()
-                    x_adv[update] = self._to_original(x_adv_tanh[update])
-                    z[update], l2[update], loss[update] = self._loss(x[update], x_adv[update], target[update], c[update])
-                    success = loss - l2.double() <= 0
-                    overall |= success
-            keep_improved(success, l2, x_adv)
-            # ART's constant update, verbatim in effect (its lower bound becomes the *new* constant on failure).
-            c_double &= ~overall
-            c = torch.where(overall, (c_lower + c) / 2, c)
-            c = torch.where(~overall & c_double, c * 2, c)
-            c = torch.where(~overall & ~c_double, c + (c - c_lower) / 2, c)
-            c_lower = torch.where(~overall, c, c_lower)
-        return best_adv

@@ -87,7 +87,7 @@ class CarliniWagnerKDE(CarliniWagnerL2):
 
     def penalty(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits (as the model predicts, RCE's -z included) and the density shortfall, from one forward pass."""
-        embedding, raw = self._model.embed_and_logits(x_adv)
+        embedding, raw = self._model.embed_and_logits(self._path.preprocess(x_adv))
         logits = raw * self._model.logit_sign
         if self.threshold == "clean":
             if self._batch_log_tau is None or len(self._batch_log_tau) != len(x_adv):
@@ -98,9 +98,12 @@ class CarliniWagnerKDE(CarliniWagnerL2):
         return logits, torch.clamp(log_tau - self.kde.log_density(embedding, labels), min=0.0)
 
     def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        if not hasattr(self._model, "embed_and_logits"):
+            raise TypeError("C&W-wb needs an ART PyTorchClassifier whose module gives embeddings (embed_and_logits, "
+                            f"see pdm_bench.contract.wrap); got {type(self.estimator).__name__}")
         if self.threshold == "clean":
             with torch.no_grad():
-                embedding, raw = self._model.embed_and_logits(x)
+                embedding, raw = self._model.embed_and_logits(self._path.preprocess(x))
                 self._batch_log_tau = self.kde.log_density(embedding, (raw * self._model.logit_sign).argmax(dim=1))
         try:
             return super()._attack_batch(x, start, labels)

@@ -101,3 +101,12 @@ def test_art_classifier_predicts_like_the_model_and_exposes_the_embedding(digits
         np.testing.assert_allclose(art_embeddings(classifier, x, batch_size=16), embedding.numpy(), rtol=1e-5, atol=1e-5)
     assert classifier.clip_values is not None and tuple(np.asarray(classifier.clip_values).tolist()) == (0.0, 1.0)
     assert len(model.embedding._forward_hooks) == 1
+
+
+def test_the_quick_preset_resolves_per_dataset_family() -> None:
+    """CIFAR-10 (either copy) gets its own depth and epochs; MNIST and digits keep ResNet-8 (their models unchanged)."""
+    for dataset, shape, depth, epochs in (("cifar10-jpeg", (3, 32, 32), 14, 10), ("cifar10", (3, 32, 32), 14, 10),
+                                          ("mnist", (1, 28, 28), 8, 4), ("digits", (1, 8, 8), 8, 50)):
+        plan = make_plan("quick", dataset=dataset, input_shape=shape, num_classes=10)
+        assert (plan.model.depth, plan.epochs) == (depth, epochs), dataset
+    assert make_plan("paper", dataset="cifar10", input_shape=(3, 32, 32), num_classes=10).model.depth == 56

@@ -80,6 +80,10 @@ class CarliniWagnerL2(EvasionAttack):
         logits = self._path.logits(x_adv)
         return logits, torch.zeros(len(x_adv), dtype=logits.dtype, device=logits.device)
 
+    def observe(self, search_step: int, running: torch.Tensor, going_on: torch.Tensor, succeeded: torch.Tensor) -> None:
+        """Called once per Adam step with the indices of the images computed, which of them go on (not aborted
+        early), and which had already succeeded earlier in this search step; a no-op (profilers override it)."""
+
     def generate(self, x: np.ndarray, y: np.ndarray | None = None, **kwargs: object) -> np.ndarray:
         """Adversarial examples for ``x``; ``y``: targets (targeted) or true labels (untargeted; default: predictions).
 
@@ -165,6 +169,7 @@ class CarliniWagnerL2(EvasionAttack):
                         running[idx[~go_on]] = False
                         previous[idx] = torch.where(go_on, loss.detach(), previous[idx])
                     success = self._succeeded(logits, labels[idx], extra) & go_on
+                    self.observe(outer_step, idx, go_on, step_success[idx])
                     step_success[idx] |= success
                     better = success & (l2.detach() < best_l2[idx])
                     best_l2[idx[better]] = l2.detach()[better]

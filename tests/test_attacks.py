@@ -160,3 +160,21 @@ def test_cw_starts_from_x_init_but_returns_x_where_it_fails(small_model: tuple[A
     fooled_after = classifier.predict(refined).argmax(1) != y
     assert fooled_after[fooled_before].mean() >= 0.5
     assert np.all(np.abs(refined - x).max(axis=(1, 2, 3))[~fooled_after] == 0)
+
+
+def test_warm_start_is_at_least_as_strong_at_no_larger_distortion(small_model: tuple[Any, np.ndarray, np.ndarray]) -> None:
+    """Each binary-search step from the best image so far (not from the start image): the same images succeed, at
+    a mean L2 no larger than the cold restarts' (issue 17's equal-strength rule; the full check is
+    benchmarks/bench_cw_wb.py)."""
+    classifier, x, y = small_model
+    goal = np.eye(10)[(y + 3) % 10]
+    settings = dict(targeted=True, binary_search_steps=4, max_iter=200, initial_const=1.0, learning_rate=5e-2,
+                    batch_size=128, verbose=False)
+    outputs = {warm: CarliniWagnerL2(classifier, warm_start=warm, **settings).generate(x, goal) for warm in (False, True)}
+    hit = {warm: classifier.predict(adv).argmax(1) == goal.argmax(1) for warm, adv in outputs.items()}
+    l2 = {warm: np.linalg.norm((adv - x).reshape(len(x), -1), axis=1) for warm, adv in outputs.items()}
+    assert hit[True].sum() >= hit[False].sum() >= 0.9 * len(x)
+    both = hit[True] & hit[False]
+    assert l2[True][both].mean() <= 1.02 * l2[False][both].mean(), (l2[True][both].mean(), l2[False][both].mean())
+    with pytest.raises(ValueError, match="warm_start"):
+        CarliniWagnerL2(classifier, warm_start="yes")

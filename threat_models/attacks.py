@@ -53,9 +53,11 @@ class CarliniWagnerL2(EvasionAttack):
 
     ``max_halving`` and ``max_doubling`` are accepted and checked as ART does (for drop-in use) but unused: Adam has
     no line search. ``abort_early`` (ours): stop an image's binary-search step once its loss stops falling.
+    ``warm_start`` (ours): each binary-search step after the first starts from the image's best result so far
+    instead of from the start image (cleverhans restarts; off by default).
     """
 
-    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early"]
+    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early", "warm_start"]
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
     # Images never fully successful come back unchanged (cleverhans); a subclass with a penalty may instead return
     # its best try: the label goal met with the smallest penalty left.
@@ -63,16 +65,19 @@ class CarliniWagnerL2(EvasionAttack):
 
     def __init__(self, classifier: Any, confidence: float = 0.0, targeted: bool = False, learning_rate: float = 0.01,
                  binary_search_steps: int = 10, max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5,
-                 max_doubling: int = 5, batch_size: int = 1, verbose: bool = True, *, abort_early: bool = True) -> None:
+                 max_doubling: int = 5, batch_size: int = 1, verbose: bool = True, *, abort_early: bool = True,
+                 warm_start: bool = False) -> None:
         super().__init__(estimator=classifier)
         set_cw_params(self, locals())
         self.abort_early = abort_early
+        self.warm_start = warm_start
         self._check_params()
 
     def _check_params(self) -> None:
         check_cw_params(self)
-        if not isinstance(self.abort_early, bool):
-            raise ValueError(f"The argument `abort_early` has to be of type bool, got {self.abort_early!r}.")
+        for name in ("abort_early", "warm_start"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"The argument `{name}` has to be of type bool, got {getattr(self, name)!r}.")
 
     # The one method a subclass overrides to add a penalty (e.g. against a detector) to the objective.
     def penalty(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -146,6 +151,9 @@ class CarliniWagnerL2(EvasionAttack):
                 const = upper.clone()  # cleverhans repeats the search once at the upper bound
             # Adam state, reset each binary-search step; only images still running are computed.
             modifier, first, second = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
+            if self.warm_start:
+                found = torch.isfinite(best_l2)
+                modifier[found] = to_tanh(best_adv[found]) - w_start[found]
             running = torch.ones(n, dtype=torch.bool, device=x.device)  # not aborted early in this step
             step_success = torch.zeros(n, dtype=torch.bool, device=x.device)
             previous = torch.full((n,), math.inf, device=x.device)

@@ -39,7 +39,7 @@ from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, WhiteAttack, WhiteBudget, WhiteParams,
                                            budget_rows, check_schedule, judge_images, mean_or_nan, require_embedding,
-                                           scored_rows, search_budget, start_run)
+                                           scored_rows, search_budget, start_run, warm_setting)
 from pdm_bench.training import make_optimizer
 
 PROXY_FORMAT_VERSION = 1
@@ -130,7 +130,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
               proxy_epochs: int | None = None, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE,
               kde_points: int = 100, attacker_kde_points: int = 1000, threshold: Threshold = "median",
               confidence: float = 5.0, wb_confidence: float = 0.0, stage1_search_steps: int = 3,
-              batch_size: int = 256, progress: bool = False) -> list[ResultRow]:
+              batch_size: int = 256, progress: bool = False, warm_start: bool = False) -> list[ResultRow]:
     """Distil (or reuse) the proxy, attack it with C&W-wb, score the transfer with the target's KDE; return the rows.
 
     Rows: ``cw-wb`` (and ``cw``, plain C&W from the same proxy) with auc (+ auc_low/high: the target's detector),
@@ -150,7 +150,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     plan = proxy_plan(ev, depth=proxy_depth, epochs=proxy_epochs)
     settings = {"proxy": plan.as_dict(), "kde_points": kde_points, "attacker_kde_points": attacker_kde_points,
                 "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
-                "stage1_search_steps": stage1_search_steps}
+                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "black", settings, budgets)
     if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.AUC)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
@@ -160,7 +160,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     own_kde = own.fitted()
     attack = WhiteAttack(model=proxy.model, detector=own, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
-                         batch_size=batch_size)
+                         batch_size=batch_size, warm_start=warm_start)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
     proxy_clean = (proxy_pred.numpy(), own_kde.log_density(embeddings, proxy_pred).numpy())
     targets = attack_targets(y, data.num_classes, ev.seed)
@@ -238,7 +238,8 @@ class BlackBox(ThreatModel):
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
         p = self.params
         return run_black(evaluation, proxy_depth=p.proxy_depth, proxy_epochs=p.proxy_epochs, schedule=p.schedule(),
-                         kde_points=p.kde_points, threshold=p.threshold, progress=evaluation.progress)  # type: ignore[arg-type]
+                         kde_points=p.kde_points, threshold=p.threshold, progress=evaluation.progress,  # type: ignore[arg-type]
+                         warm_start=p.warm_start)
 
     def summary(self, rows: list[ResultRow]) -> str:
         return black_table(rows)

@@ -86,6 +86,11 @@ DEFAULT_SCHEDULE: tuple[WhiteBudget, ...] = (
 )
 
 
+def warm_setting(warm_start: bool) -> dict[str, bool]:
+    """``warm_start`` as it enters run ids and image caches: only when on, so runs made before it existed keep theirs."""
+    return {"warm_start": True} if warm_start else {}
+
+
 def check_schedule(schedule: Sequence[WhiteBudget]) -> tuple[WhiteBudget, ...]:
     budgets = tuple(schedule)
     if not budgets or not all(isinstance(b, WhiteBudget) for b in budgets):
@@ -163,10 +168,12 @@ class WhiteAttack:
     wb_confidence: float = 0.0
     stage1_search_steps: int = 3
     batch_size: int = 256
+    warm_start: bool = False  # each binary-search step from the image's best so far (CarliniWagnerL2.warm_start)
 
     def params(self) -> dict[str, Any]:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
-                "wb_confidence": self.wb_confidence, "stage1_search_steps": self.stage1_search_steps}
+                "wb_confidence": self.wb_confidence, "stage1_search_steps": self.stage1_search_steps,
+                **warm_setting(self.warm_start)}
 
     def surrogate(self, budget: WhiteBudget, device: torch.device) -> tuple[DensityScore, torch.Tensor | None]:
         """The density term at this budget and its log tau per class (None: the 'clean' threshold)."""
@@ -218,7 +225,7 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
 
     def steps(budget: WhiteBudget) -> dict[str, Any]:
         return {"max_iter": budget.max_iter, "initial_const": budget.initial_const, "learning_rate": budget.learning_rate,
-                "batch_size": attack.batch_size, "verbose": ev.progress}
+                "batch_size": attack.batch_size, "verbose": ev.progress, "warm_start": attack.warm_start}
 
     def stage1_images(budget: WhiteBudget, part: slice) -> np.ndarray:
         """Targeted C&W at ``attack.confidence``; where that misses the target, at confidence 0 (RCE-trained models
@@ -334,8 +341,11 @@ class WhiteParams(ThreatParams):
     learning_rate: float | None = None
     kde_points: int = 100
     threshold: str = "median"
+    warm_start: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.warm_start, bool):
+            raise ValueError(f"warm_start must be true or false, got {self.warm_start!r}")
         for name in ("max_iter", "binary_search_steps", "kde_points"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

@@ -168,7 +168,7 @@ class WhiteAttack:
     wb_confidence: float = 0.0
     stage1_search_steps: int = 3
     batch_size: int = 256
-    warm_start: bool = False  # each binary-search step from the image's best so far (CarliniWagnerL2.warm_start)
+    warm_start: bool = True  # each binary-search step from the image's best so far (CarliniWagnerL2.warm_start)
 
     def params(self) -> dict[str, Any]:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
@@ -341,7 +341,7 @@ class WhiteParams(ThreatParams):
     learning_rate: float | None = None
     kde_points: int = 100
     threshold: str = "median"
-    warm_start: bool = False
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.warm_start, bool):

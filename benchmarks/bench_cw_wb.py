@@ -28,38 +28,27 @@ import torch
 
 
 from pdm_bench.config import resolve_device
-from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.inference import embed_and_predict
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
-from pdm_bench.threat_models.attack_specs import attack_targets, build_cw_attack
+from pdm_bench.threat_models.attack_specs import build_cw_attack
 
-from quick_baseline import quick_baseline
+from quick_baseline import add_cw_wb_arguments, cw_wb_setup
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--images", type=int, default=100)
-    parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--search-steps", type=int, default=5)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=None)
+    add_cw_wb_arguments(parser, images=100, threads=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--doc", type=Path, default=DOC)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                                               device=device)
-    kde = fit_detector(KDEDetector(), trained.model, data, device=device).fitted()  # type: ignore[attr-defined]
-    index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
-    x, y = data.x_test[index], data.y_test[index]
-    targets = attack_targets(y, data.num_classes, 0)
-    goal = np.eye(data.num_classes, dtype=np.float32)[targets]
+    setup = cw_wb_setup(args, device)
+    data, trained, classifier, kde = setup.data, setup.trained, setup.classifier, setup.kde
+    x, targets, goal = setup.x, setup.targets, setup.goal
     budget = dict(max_iter=args.max_iter, binary_search_steps=args.search_steps, initial_const=1.0, learning_rate=5e-2,
                   batch_size=256)
     cases: list[tuple[str, object, object]] = [("plain C&W (no density term)", None, None)]

@@ -21,13 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.inference import predict_logits
-from pdm_bench.threat_models.attack_specs import CW_ADAM_DEFAULTS, attack_targets
+from pdm_bench.threat_models.attack_specs import CW_ADAM_DEFAULTS
 from pdm_bench.threat_models.attacks import CarliniWagnerL2
 from pdm_bench.threat_models.cw_kde import CarliniWagnerKDE, class_log_thresholds
 
-from quick_baseline import quick_baseline
+from quick_baseline import add_cw_wb_arguments, cw_wb_setup
 
 SECONDS: dict[str, float] = defaultdict(float)
 
@@ -109,23 +108,13 @@ def run(name: str, attack: Any, x: np.ndarray, goal: np.ndarray, **kwargs: Any) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="digits")
-    parser.add_argument("--images", type=int, default=50)
-    parser.add_argument("--max-iter", type=int, default=1000)
-    parser.add_argument("--search-steps", type=int, default=5)
-    parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--cache-dir", default=None)
-    parser.add_argument("--threads", type=int, default=1)
+    add_cw_wb_arguments(parser, images=50, threads=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
-    data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
-                                               device=device)
-    kde = fit_detector(KDEDetector(), trained.model, data, device=device).fitted()  # type: ignore[attr-defined]
-    index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
-    x, y = data.x_test[index], data.y_test[index]
-    targets = attack_targets(y, data.num_classes, 0)
-    goal = np.eye(data.num_classes, dtype=np.float32)[targets]
+    setup = cw_wb_setup(args, device)
+    data, trained, classifier, kde = setup.data, setup.trained, setup.classifier, setup.kde
+    x, targets, goal = setup.x, setup.targets, setup.goal
     budget = {**CW_ADAM_DEFAULTS, "max_iter": args.max_iter, "initial_const": 1.0, "learning_rate": 5e-2,
               "batch_size": 256}  # the white box's first rung
     stage1 = profiled(CarliniWagnerL2)(classifier, confidence=5.0, targeted=True,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
 
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.config import make_plan, resolve_cache_dir
 from pdm_bench.data import Dataset, load_dataset
+from pdm_bench.kde import GaussianKDE
 from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.training import TrainedModel, train_or_load
 
@@ -24,3 +28,40 @@ def quick_baseline(dataset: str, *, data_dir: str | Path | None, cache_dir: str 
     classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=data.num_classes,
                                    device=device)
     return data, trained, classifier
+
+
+def add_cw_wb_arguments(parser: argparse.ArgumentParser, *, images: int, threads: int | None) -> None:
+    """The options the C&W-wb benchmarks share."""
+    parser.add_argument("--dataset", default="digits")
+    parser.add_argument("--images", type=int, default=images)
+    parser.add_argument("--max-iter", type=int, default=1000)
+    parser.add_argument("--search-steps", type=int, default=5)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--threads", type=int, default=threads)
+
+
+@dataclass(frozen=True)
+class CwWbSetup:
+    """A quick baseline, its fitted KDE, seeded test images and seeded random targets (as the white box draws them)."""
+
+    data: Dataset
+    trained: TrainedModel
+    classifier: PyTorchClassifier
+    kde: GaussianKDE
+    x: np.ndarray
+    targets: np.ndarray
+    goal: np.ndarray  # one-hot targets
+
+
+def cw_wb_setup(args: argparse.Namespace, device: torch.device) -> CwWbSetup:
+    from pdm_bench.detectors import KDEDetector, fit_detector
+    from pdm_bench.threat_models.attack_specs import attack_targets
+
+    data, trained, classifier = quick_baseline(args.dataset, data_dir=args.data_dir, cache_dir=args.cache_dir,
+                                               device=device)
+    kde = fit_detector(KDEDetector(), trained.model, data, device=device).fitted()  # type: ignore[attr-defined]
+    index = np.sort(np.random.default_rng(0).choice(len(data.y_test), args.images, replace=False))
+    targets = attack_targets(data.y_test[index], data.num_classes, 0)
+    goal = np.eye(data.num_classes, dtype=np.float32)[targets]
+    return CwWbSetup(data, trained, classifier, kde, data.x_test[index], targets, goal)

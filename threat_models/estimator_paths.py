@@ -61,7 +61,7 @@ def estimator_path(estimator: Any, *, frozen: bool = False) -> EstimatorPath:
         def logits(x: torch.Tensor) -> torch.Tensor:
             return module(preprocess(x))
 
-        return EstimatorPath(logits, device, module, preprocess if operations else (lambda x: x))
+        return EstimatorPath(logits, device, module, preprocess)
     return EstimatorPath(lambda x: _EstimatorFunction.apply(x, estimator), torch.device("cpu"))
 
 

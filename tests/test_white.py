@@ -18,10 +18,12 @@ from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation, sample_indices
 from pdm_bench.kde import GaussianKDE
+from pdm_bench.metrics import Interval
 from pdm_bench.results import ResultsStore, Threat
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.estimator_paths import estimator_path
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
+from pdm_bench.threat_models.cw_wb import Scored, WhiteParams, carried_start, warm_setting
 from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
 
@@ -168,3 +170,19 @@ def test_thresholds_use_leave_one_out_densities_of_the_training_points() -> None
         expected.append(float(torch.tensor(own_left_out).median()))
     # all points as kernels: a point's own kernel is left out (counting it set tau out of reach)
     assert class_log_thresholds(kde, kde).tolist() == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_next_rung_starts_from_the_last_rungs_hits_and_stage_one_elsewhere() -> None:
+    x_stage1 = np.zeros((3, 1, 2, 2), dtype=np.float32)
+    previous = Scored(x_adv=np.ones_like(x_stage1), pred=np.array([4, 1, 7]), score=np.zeros(3), keep=np.ones(3, bool),
+                      auc=Interval(0.5, 0.4, 0.6), success=1.0, distortion=np.zeros(3), seconds=0.0)
+    start = carried_start(previous, x_stage1, targets=np.array([4, 2, 7]))
+    assert start.dtype == np.float32 and start[[0, 2]].min() == 1.0 and start[1].max() == 0.0
+
+
+def test_the_rung_carry_is_a_checked_setting_that_enters_the_run_id_only_when_on() -> None:
+    assert warm_setting(True, True) == {"warm_start": True, "carry_rungs": True}
+    assert warm_setting(False) == {}  # runs made before either existed keep their ids
+    assert WhiteParams().carry_rungs is True
+    with pytest.raises(ValueError, match="carry_rungs must be true or false, got 'yes'"):
+        WhiteParams(carry_rungs="yes")  # type: ignore[arg-type]

@@ -130,7 +130,8 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
               proxy_epochs: int | None = None, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE,
               kde_points: int = 100, attacker_kde_points: int = 1000, threshold: Threshold = "median",
               confidence: float = 5.0, wb_confidence: float = 0.0, stage1_search_steps: int = 3,
-              batch_size: int = 256, progress: bool = False, warm_start: bool = True) -> list[ResultRow]:
+              batch_size: int = 256, progress: bool = False, warm_start: bool = True,
+              carry_rungs: bool = True) -> list[ResultRow]:
     """Distil (or reuse) the proxy, attack it with C&W-wb, score the transfer with the target's KDE; return the rows.
 
     Rows: ``cw-wb`` (and ``cw``, plain C&W from the same proxy) with auc (+ auc_low/high: the target's detector),
@@ -150,7 +151,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     plan = proxy_plan(ev, depth=proxy_depth, epochs=proxy_epochs)
     settings = {"proxy": plan.as_dict(), "kde_points": kde_points, "attacker_kde_points": attacker_kde_points,
                 "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
-                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start)}
+                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start, carry_rungs)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "black", settings, budgets)
     if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.AUC)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
@@ -160,7 +161,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     own_kde = own.fitted()
     attack = WhiteAttack(model=proxy.model, detector=own, kde_points=kde_points, seed=ev.seed, threshold=threshold,
                          confidence=confidence, wb_confidence=wb_confidence, stage1_search_steps=stage1_search_steps,
-                         batch_size=batch_size, warm_start=warm_start)
+                         batch_size=batch_size, warm_start=warm_start, carry_rungs=carry_rungs)
     embeddings, proxy_pred = embed_and_predict(proxy.model, x, device=ev.device)
     proxy_clean = (proxy_pred.numpy(), own_kde.log_density(embeddings, proxy_pred).numpy())
     targets = attack_targets(y, data.num_classes, ev.seed)
@@ -239,7 +240,7 @@ class BlackBox(ThreatModel):
         p = self.params
         return run_black(evaluation, proxy_depth=p.proxy_depth, proxy_epochs=p.proxy_epochs, schedule=p.schedule(),
                          kde_points=p.kde_points, threshold=p.threshold, progress=evaluation.progress,  # type: ignore[arg-type]
-                         warm_start=p.warm_start)
+                         warm_start=p.warm_start, carry_rungs=p.carry_rungs)
 
     def summary(self, rows: list[ResultRow]) -> str:
         return black_table(rows)

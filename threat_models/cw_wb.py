@@ -86,9 +86,10 @@ DEFAULT_SCHEDULE: tuple[WhiteBudget, ...] = (
 )
 
 
-def warm_setting(warm_start: bool) -> dict[str, bool]:
-    """``warm_start`` as it enters run ids and image caches: only when on, so runs made before it existed keep theirs."""
-    return {"warm_start": True} if warm_start else {}
+def warm_setting(warm_start: bool, carry_rungs: bool = False) -> dict[str, bool]:
+    """``warm_start`` and ``carry_rungs`` as they enter run ids and image caches: each only when on, so runs made
+    before it existed keep theirs."""
+    return {**({"warm_start": True} if warm_start else {}), **({"carry_rungs": True} if carry_rungs else {})}
 
 
 def check_schedule(schedule: Sequence[WhiteBudget]) -> tuple[WhiteBudget, ...]:
@@ -169,6 +170,7 @@ class WhiteAttack:
     stage1_search_steps: int = 3
     batch_size: int = 256
     warm_start: bool = True  # each binary-search step from the image's best so far (CarliniWagnerL2.warm_start)
+    carry_rungs: bool = True  # each rung's C&W-wb from the last rung's images where they hit the target
 
     def params(self) -> dict[str, Any]:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
@@ -252,10 +254,14 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
         attack_kde, log_tau = attack.surrogate(budget, ev.device)
         wb_params = {**params, "log_tau": None if log_tau is None else [round(float(t), 5) for t in log_tau],
                      "keep_best_try": True}
+        start = x_stage1
+        if attack.carry_rungs and rungs:  # the rungs before this one decide its start: they enter its cache key
+            wb_params["carried_from"] = [asdict(r.budget) for r in rungs]
+            start = carried_start(rungs[-1].wb, x_stage1, targets)
         wb = build_cw_attack(classifier, kde=attack_kde, log_tau=log_tau, threshold=attack.threshold,
                              confidence=attack.wb_confidence, binary_search_steps=budget.binary_search_steps,
                              **steps(budget))
-        _, wb_scored = run(name, wb_params, lambda part: wb.generate(x[part], y=goal[part], x_init=x_stage1[part]))
+        _, wb_scored = run(name, wb_params, lambda part: wb.generate(x[part], y=goal[part], x_init=start[part]))
         rungs.append(Rung(index, budget, stage1_scored, wb_scored))
         stage1_list.append(x_stage1)
         ev.log(f"{name} budget {index + 1}/{len(schedule)} ({budget.max_iter} steps x {budget.binary_search_steps} "
@@ -272,6 +278,12 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
     _, plain_scored = run(f"{name}-plain", params, lambda part: plain.generate(x[part], y=goal[part], x_init=stage1_list[-1][part]))
     ev.log(f"plain C&W at that budget: success {plain_scored.success:.3f}, AUC {plain_scored.auc.value:.3f}")
     return BudgetSearch(rungs, plain_scored)
+
+
+def carried_start(previous: Scored, x_stage1: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """The next rung's start: the last rung's C&W-wb image where the judge gave it the target, else stage 1's."""
+    hit = (previous.pred == targets).reshape((-1,) + (1,) * (x_stage1.ndim - 1))
+    return np.where(hit, previous.x_adv, x_stage1).astype(np.float32)
 
 
 def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, Detector], x: np.ndarray, y: np.ndarray,
@@ -342,10 +354,12 @@ class WhiteParams(ThreatParams):
     kde_points: int = 100
     threshold: str = "median"
     warm_start: bool = True
+    carry_rungs: bool = True
 
     def __post_init__(self) -> None:
-        if not isinstance(self.warm_start, bool):
-            raise ValueError(f"warm_start must be true or false, got {self.warm_start!r}")
+        for name in ("warm_start", "carry_rungs"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_iter", "binary_search_steps", "kde_points"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):

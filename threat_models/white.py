@@ -42,7 +42,8 @@ def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:
 
 def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE, kde_points: int = 100,
               threshold: Threshold = "median", confidence: float = 5.0, wb_confidence: float = 0.0,
-              stage1_search_steps: int = 3, batch_size: int = 256, warm_start: bool = True) -> list[ResultRow]:
+              stage1_search_steps: int = 3, batch_size: int = 256, warm_start: bool = True,
+              carry_rungs: bool = True) -> list[ResultRow]:
     """C&W-wb and plain C&W (same seeded targets) on the N sampled test images; return this run's rows.
 
     Rows: ``cw-wb`` and ``cw`` with auc (+ auc_low/high), success_rate, pairs_kept, distortion (mean d), ...;
@@ -56,7 +57,7 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     if isinstance(kde_points, bool) or not isinstance(kde_points, int) or kde_points <= 0:
         raise UserError(f"C&W-wb: expected a positive integer kde_points, got {kde_points!r}")
     settings = {"kde_points": kde_points, "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
-                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start)}
+                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start, carry_rungs)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "white", settings, budgets)
     data = ev.dataset
     if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.DISTORTION)):
@@ -66,7 +67,7 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         ev.trained.model, data, per_class=ev.detector.reference_points, device=ev.device, seed=ev.seed)
     attack = WhiteAttack(model=ev.trained.model, detector=ev.detector, reference=reference, kde_points=kde_points,
                          seed=ev.seed, threshold=threshold, confidence=confidence, wb_confidence=wb_confidence,
-                         stage1_search_steps=stage1_search_steps, batch_size=batch_size, warm_start=warm_start)
+                         stage1_search_steps=stage1_search_steps, batch_size=batch_size, warm_start=warm_start, carry_rungs=carry_rungs)
     targets = attack_targets(y, data.num_classes, ev.seed)
     copy = f"KDE subset {kde_points}/class" if reference is None else f"detector {ev.detector.name}'s score"
     ev.log(f"{WB}: attacking {len(y)} images ({copy}, threshold {threshold}) ...")
@@ -136,7 +137,7 @@ class WhiteBox(ThreatModel):
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
         p = self.params
         return run_white(evaluation, schedule=p.schedule(), kde_points=p.kde_points, threshold=p.threshold,  # type: ignore[arg-type]
-                         warm_start=p.warm_start)
+                         warm_start=p.warm_start, carry_rungs=p.carry_rungs)
 
     def summary(self, rows: list[ResultRow]) -> str:
         return white_table(rows)

@@ -89,11 +89,12 @@ def with_detector(label: str, detector: str) -> str:
 
 
 def model_labels(rows: Iterable[ResultRow], runs: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """Each run's defense label: its name, or, where one defense name was trained in several configurations
-    (options, epochs, plugin version; seeds are not configurations, they are averaged), the name with what sets this
-    one apart, e.g. ``pdm (rvl_weight=0.5, epochs=5)``. ``runs``: the provenance records (``runs/<run id>.json``);
-    a run without one counts as the defense's only configuration."""
-    config_of: dict[str, tuple[str, str | None]] = {}
+    """Each run's defense label: its name, or, where one defense name was trained in several configurations on one
+    data set and preset (options, epochs, plugin version; seeds are not configurations, they are averaged), the name
+    with what sets this one apart, e.g. ``pdm (rvl_weight=0.5, epochs=5)``. The same defense trained differently on
+    two data sets (a preset's epochs per data set) is one column. ``runs``: the provenance records
+    (``runs/<run id>.json``); a run without one counts as the defense's only configuration."""
+    config_of: dict[str, tuple[tuple[str, str, str], str | None]] = {}
     for r in rows:
         key = r.run_id if r.threat == Threat.MODEL else runs.get(r.run_id, {}).get("model")
         record = runs.get(key, {}) if key else {}
@@ -101,17 +102,18 @@ def model_labels(rows: Iterable[ResultRow], runs: Mapping[str, Mapping[str, Any]
         config = None if "defense_options" not in record else json.dumps(
             {**record["defense_options"], "epochs": record.get("epochs"), "version": record.get("defense_version")},
             default=str)  # the options in their declared order, then epochs and version
-        config_of[r.run_id] = (r.defense, config)
-    variants: dict[str, set[str]] = defaultdict(set)
-    for defense, config in config_of.values():
+        config_of[r.run_id] = ((r.dataset, r.preset, r.defense), config)
+    variants: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for group, config in config_of.values():
         if config is not None:
-            variants[defense].add(config)
+            variants[group].add(config)
     labels = {}
-    for run_id, (defense, config) in config_of.items():
-        if config is None or len(variants[defense]) < 2:
+    for run_id, (group, config) in config_of.items():
+        defense = group[2]
+        if config is None or len(variants[group]) < 2:
             labels[run_id] = defense
             continue
-        mine, others = json.loads(config), [json.loads(c) for c in variants[defense]]
+        mine, others = json.loads(config), [json.loads(c) for c in variants[group]]
         differing = [f"{name}={value}" for name, value in mine.items() if any(o.get(name) != value for o in others)]
         labels[run_id] = f"{defense} ({', '.join(differing)})"
     return labels

@@ -12,7 +12,7 @@ from pdm_bench.reports.formats import latex_escape, tables_tex, to_csv
 from pdm_bench.reports.generator import html_table, write_report
 from pdm_bench.reports.tables import accuracy_table
 from pdm_bench.results import ResultRow, ResultsStore
-from pdm_bench.tables import NOT_RUN, RowIndex, Table
+from pdm_bench.tables import NOT_RUN, RowIndex, Table, model_labels
 from pdm_bench.threat_models.black import BlackBox
 from pdm_bench.threat_models.gray import GrayBox
 from pdm_bench.threat_models.white import WhiteBox
@@ -199,3 +199,16 @@ def test_tables_tex_compiles_with_pdflatex(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
     assert (tmp_path / "paper.pdf").stat().st_size > 1000
+
+
+def test_one_defense_trained_per_data_set_is_one_column_and_two_configurations_on_one_are_two() -> None:
+    """A preset trains pdm 4 epochs on MNIST and 10 on CIFAR-10: one ``pdm`` column over both data sets; a second
+    configuration on MNIST (another rvl_weight) is its own labelled column there only."""
+    options = {"rvl_weight": 0.1}
+    runs = {"m": {"defense_options": options, "epochs": 4}, "c": {"defense_options": options, "epochs": 10},
+            "m2": {"defense_options": {"rvl_weight": 0.5}, "epochs": 4}}
+    rows = [row("pdm", "model", "clean", "test_accuracy", 0.99, run="m"),
+            row("pdm", "model", "clean", "test_accuracy", 0.70, run="c", dataset="cifar10-jpeg")]
+    assert model_labels(rows, runs) == {"m": "pdm", "c": "pdm"}
+    rows.append(row("pdm", "model", "clean", "test_accuracy", 0.98, run="m2"))
+    assert model_labels(rows, runs) == {"m": "pdm (rvl_weight=0.1)", "m2": "pdm (rvl_weight=0.5)", "c": "pdm"}

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pdm_bench.config import get_preset, make_plan, resolve_cache_dir, resolve_device
+from pdm_bench.config import dataset_family, get_preset, make_plan, resolve_cache_dir, resolve_device
 from pdm_bench.data import load_dataset, resolve_data_dir
 from pdm_bench.defense import Defense
 from pdm_bench.errors import UserError
@@ -88,7 +88,8 @@ def resolve_model(*, dataset: str, defense: str, options: Mapping[str, Any] | No
                   seed: int, data_dir: str | Path | None, cache_dir: str | Path | None, device: str) -> ModelConfig:
     """Every name and value of a model's config checked and resolved; the data set is loaded (decoded once, cached)."""
     torch_device = resolve_device(device)
-    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()})
+    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()},
+                                                          preset=get_preset(preset).name, family=dataset_family(dataset))
     cache = resolve_cache_dir(cache_dir)
     data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,

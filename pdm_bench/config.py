@@ -74,13 +74,14 @@ class Preset:
     attack_samples: int = 1000  # default N test images per threat model (Pang's protocol uses 1000)
 
     def epochs_for(self, dataset: str) -> int:
-        return self.epochs.get(_family(dataset), self.epochs["default"])
+        return self.epochs.get(dataset_family(dataset), self.epochs["default"])
 
     def depth_for(self, dataset: str) -> int:
-        return self.family_depth.get(_family(dataset), self.depth)
+        return self.family_depth.get(dataset_family(dataset), self.depth)
 
 
-def _family(dataset: str) -> str:
+def dataset_family(dataset: str) -> str:
+    """``cifar10`` for either CIFAR-10 copy, else the data set's name (presets and defenses key settings by it)."""
     return "cifar10" if dataset.startswith("cifar10") else dataset
 
 

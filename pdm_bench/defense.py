@@ -65,6 +65,9 @@ class Defense(ABC):
     description: ClassVar[str] = ""
     negate_logits: ClassVar[bool] = False  # True: the classifier predicts with -z (reverse cross-entropy)
     default_epochs: ClassVar[int | None] = None  # None: the preset's; e.g. 0 for a pretrained model used as it is
+    # Option defaults for one preset on one data-set family, e.g. {("quick", "cifar10"): {"rvl_weight": 0.01}}: a
+    # measured deviation (say why in docs/RESULTS.md); an option the user sets wins.
+    preset_defaults: ClassVar[Mapping[tuple[str, str], Mapping[str, Any]]] = {}
 
     @abstractmethod
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, context: TrainContext) -> torch.Tensor | LossTerms:
@@ -84,9 +87,11 @@ class Defense(ABC):
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_options(cls, raw: Mapping[str, str]) -> "Defense":
-        """Build from ``NAME=VALUE`` strings, converting each to its field's type."""
-        return build_options(cls, raw, owner=f"defense '{cls.name}'")
+    def from_options(cls, raw: Mapping[str, str], *, preset: str | None = None, family: str | None = None) -> "Defense":
+        """Build from ``NAME=VALUE`` strings, converting each to its field's type; where ``raw`` does not set an
+        option, ``preset_defaults`` for (``preset``, ``family``) does."""
+        defaults = {name: str(value) for name, value in cls.preset_defaults.get((preset or "", family or ""), {}).items()}
+        return build_options(cls, {**defaults, **raw}, owner=f"defense '{cls.name}'")
 
 
 def check_non_negative(owner: object, *names: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pdm_bench.art_adapter import art_embeddings, to_art_classifier
-from pdm_bench.config import make_plan
+from pdm_bench.config import dataset_family, make_plan
 from pdm_bench.data import Dataset, load_dataset
 from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.defenses.pdm import PDM
@@ -110,3 +110,15 @@ def test_the_quick_preset_resolves_per_dataset_family() -> None:
         plan = make_plan("quick", dataset=dataset, input_shape=shape, num_classes=10)
         assert (plan.model.depth, plan.epochs) == (depth, epochs), dataset
     assert make_plan("paper", dataset="cifar10", input_shape=(3, 32, 32), num_classes=10).model.depth == 56
+
+
+def test_pdm_weighs_rce_as_cross_entropy_on_cifar10_at_the_quick_preset_only() -> None:
+    """The quick preset's CIFAR-10 deviation (classification weights 9): MNIST, digits and the paper preset keep the
+    paper's weights, and an option the user sets wins over the deviation."""
+    quick_cifar = PDM.from_options({}, preset="quick", family=dataset_family("cifar10-jpeg"))
+    assert (quick_cifar.classification_weight, quick_cifar.partner_classification_weight) == (9.0, 9.0)
+    for preset, dataset in (("quick", "mnist"), ("quick", "digits"), ("paper", "cifar10")):
+        assert PDM.from_options({}, preset=preset, family=dataset_family(dataset)) == PDM(), (preset, dataset)
+    mine = PDM.from_options({"classification_weight": "1"}, preset="quick", family="cifar10")
+    assert (mine.classification_weight, mine.partner_classification_weight) == (1.0, 9.0)
+    assert Baseline.from_options({}, preset="quick", family="cifar10") == Baseline()

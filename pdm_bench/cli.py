@@ -129,6 +129,8 @@ THREAT_FLAG_SPECS: dict[str, dict[str, Any]] = {
                        "help": "white/black: density to reach: the target class's median (Pang) or the clean image's (Carlini)."},
     "--proxy-depth": {"type": int, "help": "black: the proxy ResNet's depth 6n+2 [quick 8, paper 32]."},
     "--proxy-epochs": {"type": int, "help": "black: distillation epochs [the target's]."},
+    "--norm": {"type": click.Choice(["linf", "l2"]), "help": "adaptive: the budget's norm [linf]."},
+    "--eps": {"help": "adaptive: comma-separated budgets [MNIST/digits: linf 0.1,0.3, l2 2.0; CIFAR-10: 8/255, 0.5]."},
 }
 THREAT_FLAGS = [
     *(click.option(decl, default=None, **spec) for decl, spec in THREAT_FLAG_SPECS.items()),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -14,15 +15,16 @@ from pdm_bench.config import config_key
 from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.inference import embed_and_predict
-from pdm_bench.metrics import Interval, detection_auc
-from pdm_bench.results import Metric, ResultRow, ResultsStore, now
-from pdm_bench.storage import chunked_array
+from pdm_bench.metrics import FPR_LEVELS, Interval, detection_auc, kept_pairs, operating_point, rejection_threshold
+from pdm_bench.results import Metric, ResultRow, ResultsStore, fpr_metric, now
+from pdm_bench.storage import chunked_array, load_array
 
 if TYPE_CHECKING:
     from pdm_bench.detectors import Detector
     from pdm_bench.training import TrainedModel
 
 Log = Callable[[str], None]
+CALIBRATION_IMAGES = 1000  # clean test images, none of them attacked, that set the detector's rejection thresholds
 
 
 def sample_indices(dataset: Dataset, n_samples: int | None, seed: int, *, default: int = 1000) -> np.ndarray:
@@ -35,6 +37,12 @@ def sample_indices(dataset: Dataset, n_samples: int | None, seed: int, *, defaul
     if not 0 < n <= total:
         raise UserError(f"--n-samples must be between 1 and the test set's size {total} ({dataset.name}), got {n}")
     return np.arange(total) if n == total else np.sort(np.random.default_rng(seed).choice(total, n, replace=False))
+
+
+def calibration_indices(total: int, attacked: np.ndarray, seed: int, n: int = CALIBRATION_IMAGES) -> np.ndarray:
+    """Up to ``n`` test images not among ``attacked``, drawn with ``seed`` (all of the others when fewer are left)."""
+    rest = np.setdiff1d(np.arange(total), attacked)
+    return rest if rest.size <= n else np.sort(np.random.default_rng(seed).choice(rest, n, replace=False))
 
 
 @dataclass
@@ -54,6 +62,8 @@ class Evaluation:
     # Images per stored chunk of an attack's output (not part of the run id: the images do not depend on it).
     chunk_size: int = 200
     progress: bool = False
+
+    _thresholds: dict[float, float] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.threat = getattr(self.threat, "value", self.threat)  # a Threat member names its value, as a plugin's name
@@ -78,11 +88,19 @@ class Evaluation:
                             make: Callable[[slice], np.ndarray]) -> tuple[np.ndarray, float]:
         """Adversarial examples for the run's images, stored under the results directory 200 at a time (see
         :func:`pdm_bench.storage.chunked_array`), and the seconds spent making them (NaN when all were stored)."""
+        return chunked_array(self._adversarial_path(attack, params), self._adversarial_shape(), make,
+                             chunk_size=self.chunk_size, label=attack, log=self.log, progress=self.progress)
+
+    def stored_adversarials(self, attack: str, params: dict[str, Any]) -> np.ndarray | None:
+        """The images :meth:`cached_adversarials` stored for ``attack`` and ``params``, if all of them are there."""
+        return load_array(self._adversarial_path(attack, params), self._adversarial_shape())
+
+    def _adversarial_path(self, attack: str, params: dict[str, Any]) -> Path:
         key = config_key({"run": self.run_id, "attack": attack, **params})
-        path = self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
-        shape = (len(self.indices), *self.dataset.input_shape)
-        return chunked_array(path, shape, make, chunk_size=self.chunk_size, label=attack, log=self.log,
-                             progress=self.progress)
+        return self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
+
+    def _adversarial_shape(self) -> tuple[int, ...]:
+        return (len(self.indices), *self.dataset.input_shape)
 
     def detection_auc(self, label: str, normal: np.ndarray, adversarial: np.ndarray) -> Interval:
         """Pang's AUC with its bootstrap interval; a warning when every score ties (the AUC is 0.5 by construction:
@@ -100,3 +118,35 @@ class Evaluation:
                 *(self.row("clean", metric, value, len(y)) for metric, value in self.detector.fitted_values().items())]
         self.results.append(rows, completes="clean", legacy=("clean", Metric.ACCURACY))
         return clean_pred, clean_score
+
+    def rejection_thresholds(self) -> dict[float, float]:
+        """Per false-positive rate of ``FPR_LEVELS``, the detector score below which the model's input is rejected,
+        set on :func:`calibration_indices` (clean, never attacked); written once as the ``calibration`` rows. Empty
+        when every test image is attacked."""
+        if self._thresholds is None:
+            index = calibration_indices(len(self.dataset.y_test), self.indices, self.seed)
+            self._thresholds = {}
+            if index.size:
+                scores = self.score(self.trained.model, self.dataset.x_test[index])[1]
+                self._thresholds = {fpr: rejection_threshold(scores, fpr) for fpr in FPR_LEVELS}
+            rows = [self.row("calibration", Metric.CALIBRATION_IMAGES, index.size, index.size),
+                    *(self.row("calibration", fpr_metric("threshold", fpr), t, index.size)
+                      for fpr, t in self._thresholds.items())]
+            self.results.append(rows, completes="calibration")
+        return self._thresholds
+
+    def fixed_fpr_rows(self, attack: str, *, y: np.ndarray, clean: tuple[np.ndarray, np.ndarray],
+                       adversarial: tuple[np.ndarray, np.ndarray]) -> list[ResultRow]:
+        """``attack``'s detection at each threshold of :meth:`rejection_thresholds`: TPR on Pang's pairs, robust
+        accuracy (of the correctly classified images) and clean accuracy lost; ``clean``/``adversarial``: (predicted
+        class, detector score) per image under the target model."""
+        (clean_pred, clean_score), (adv_pred, adv_score) = clean, adversarial
+        pairs, correct = len(kept_pairs(y, clean_pred, adv_pred)), int((clean_pred == y).sum())
+        rows = []
+        for fpr, threshold in self.rejection_thresholds().items():
+            point = operating_point(threshold, y=y, clean_pred=clean_pred, clean_score=clean_score, adv_pred=adv_pred,
+                                    adv_score=adv_score)
+            rows += [self.row(attack, fpr_metric("tpr", fpr), point.tpr, pairs),
+                     self.row(attack, fpr_metric("robust_accuracy", fpr), point.robust_accuracy, correct),
+                     self.row(attack, fpr_metric("clean_lost", fpr), point.clean_lost, len(y))]
+        return rows

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,3 +66,39 @@ def distortions(x: np.ndarray, x_adv: np.ndarray) -> dict[str, np.ndarray]:
         "linf": np.abs(delta).max(axis=1, initial=0.0),
         "l0": (np.abs(delta) > 1e-6).sum(axis=1).astype(np.float64),
     }
+
+
+FPR_LEVELS = (0.01, 0.05, 0.10)  # the false-positive rates detection is reported at (Tramer et al. 2020 use 5%)
+
+
+def rejection_threshold(clean_scores: np.ndarray, fpr: float) -> float:
+    """The detector score below which an input is rejected, set on clean inputs so that at most ``fpr`` of them are:
+    the (floor(fpr * n) + 1)-th lowest clean score (ties make the rate lower, never higher); +inf rejects all."""
+    scores = np.sort(np.asarray(clean_scores, dtype=np.float64))
+    if scores.size == 0 or not 0.0 <= fpr <= 1.0:
+        raise ValueError(f"expected clean scores and an fpr in [0, 1], got {scores.size} scores and fpr {fpr}")
+    k = int(np.floor(fpr * scores.size + 1e-9))
+    return float(scores[k]) if k < scores.size else math.inf
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    """Detection at one threshold: ``tpr`` the share of Pang's pairs whose adversarial is rejected; ``robust_accuracy``
+    the share of correctly classified images whose attack failed to fool the model or was rejected; ``clean_lost`` the
+    share of all attacked images that were correct and are rejected clean (accuracy lost to the detector)."""
+
+    tpr: float
+    robust_accuracy: float
+    clean_lost: float
+
+
+def operating_point(threshold: float, *, y: np.ndarray, clean_pred: np.ndarray, clean_score: np.ndarray,
+                    adv_pred: np.ndarray, adv_score: np.ndarray) -> OperatingPoint:
+    """Detection of one attack's images at ``threshold`` (reject a score below it); NaN where nothing is counted."""
+    correct = clean_pred == y
+    rejected = np.asarray(adv_score, dtype=np.float64) < threshold
+    keep = kept_pairs(y, clean_pred, adv_pred)
+    tpr = float(rejected[keep].mean()) if keep.size else float("nan")
+    robust = float(((adv_pred == y) | rejected)[correct].mean()) if correct.any() else float("nan")
+    clean_lost = float((correct & (np.asarray(clean_score, dtype=np.float64) < threshold)).mean()) if y.size else float("nan")
+    return OperatingPoint(tpr, robust, clean_lost)

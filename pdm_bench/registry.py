@@ -34,6 +34,7 @@ BUILTIN_THREAT_MODELS: dict[str, str] = {  # the report's order: Tables 2, 3, 4
     "gray": "pdm_bench.threat_models.gray:GrayBox",
     "white": "pdm_bench.threat_models.white:WhiteBox",
     "black": "pdm_bench.threat_models.black:BlackBox",
+    "adaptive": "pdm_bench.threat_models.adaptive:Adaptive",
 }
 
 

@@ -54,7 +54,8 @@ class Attack(Name):
 
 class Metric(Name):
     """The built-in metrics, written and read by these names (plugins may write their own strings). Besides these,
-    the gray box writes ``flow_S_T`` counts (:func:`flow_metric`)."""
+    the gray box writes ``flow_S_T`` counts (:func:`flow_metric`) and every detection run measures at fixed
+    false-positive rates (:func:`fpr_metric`)."""
 
     FINISHED = "finished"
     TEST_ACCURACY = "test_accuracy"
@@ -97,6 +98,13 @@ class Metric(Name):
     PROXY_SECONDS = "proxy_seconds"
     ATTACKER_BANDWIDTH = "attacker_bandwidth"
     PROXY_DEPTH = "proxy_depth"
+    CALIBRATION_IMAGES = "calibration_images"  # clean test images (not attacked) the rejection thresholds are set on
+
+
+def fpr_metric(kind: str, fpr: float) -> str:
+    """A measure at one false-positive rate: ``tpr``, ``robust_accuracy`` or ``clean_lost`` of an attack, or the clean
+    run's ``threshold``, e.g. ``tpr_at_fpr_5`` at 5%."""
+    return f"{kind}_at_fpr_{round(fpr * 100):d}"
 
 
 def flow_metric(source: int, target: int) -> str:

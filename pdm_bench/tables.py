@@ -11,17 +11,20 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pdm_bench.results import DEFAULT_DETECTOR, Metric, ResultRow, Threat
+from pdm_bench.metrics import FPR_LEVELS
+from pdm_bench.results import DEFAULT_DETECTOR, Metric, ResultRow, Threat, fpr_metric
 
 BUILT_IN_ORDER = ("baseline", "rce", "siamese_rvl", "pdm")
 
 NOT_RUN = "not run"
 NO_PAIRS = "no pairs"  # measured, but the attack succeeded on no image (an AUC or distortion of nothing)
 COUNT_NOTES = frozenset({"pairs", "budget rung", "criterion met"})  # whole numbers; every other note is a rate
+FIXED_FPR_TITLE = ("at 5% false positives on clean images: robust accuracy under detection (the share of correctly "
+                   "classified images the attack did not fool or the detector rejected)")
 FEW_PAIRS = 30  # an AUC on fewer pairs than this is marked in every format
 
 
@@ -222,21 +225,40 @@ def per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, att
     return table
 
 
-def attack_table(index: RowIndex, *, key: str, title: str, threat: str, order: Iterable[str] = ()) -> Table:
-    """Detection AUC of each attack of ``threat`` (rows: ``order``, then any other measured), per (dataset block,
-    defense) column, with interval, success rate and pairs."""
+def attack_table(index: RowIndex, *, key: str, title: str, threat: str, order: Iterable[str] = (),
+                 metric: str = Metric.AUC.value, interval: bool = True,
+                 notes: Callable[[str], tuple[tuple[str, str, str], ...]] | None = None, others: bool = True) -> Table:
+    """``metric`` (detection AUC, with interval, success rate and pairs, by default) of each attack of ``threat``
+    (rows: ``order``, then, with ``others``, any other measured), per (dataset block, defense) column;
+    ``notes(attack)`` the cells' notes."""
     order = tuple(order)
     columns, cells = [], {}
-    present = {r.attack for r in index.rows if r.threat == threat and r.metric == Metric.AUC}
-    attacks = [*order, *sorted(present - set(order))]
+    present = {r.attack for r in index.rows if r.threat == threat and r.metric == metric}
+    attacks = [*order, *(sorted(present - set(order)) if others else [])]
     for dataset, preset in index.blocks:
         columns += [(block_name(dataset, preset), defense) for defense in index.evaluated(dataset, preset)]
+    noted = notes or (lambda attack: (("success", attack, Metric.SUCCESS_RATE), ("pairs", attack, Metric.PAIRS_KEPT)))
     for block, defense in columns:
         dataset, preset = next((d, p) for d, p in index.blocks if block_name(d, p) == block)
         for attack in attacks:
-            cells[(attack, (block, defense))] = index.cell(
-                dataset, preset, defense, threat, attack, "auc", interval=True,
-                notes=(("success", attack, Metric.SUCCESS_RATE), ("pairs", attack, Metric.PAIRS_KEPT)))
+            cells[(attack, (block, defense))] = index.cell(dataset, preset, defense, threat, attack, metric,
+                                                           interval=interval, notes=noted(attack))
     table = Table(key, title, "attack", attacks, columns, cells)
     mark_best(table)
     return table
+
+
+def fixed_fpr_table(index: RowIndex, *, key: str, title: str, threat: str, order: Iterable[str] = ()) -> list[Table]:
+    """The companion of a detection table: per attack and column, robust accuracy under detection at 5% false
+    positives, with the TPR at 1/5/10% and the clean accuracy lost to rejection; none when nothing was measured."""
+    metric = fpr_metric("robust_accuracy", 0.05)
+    if not any(r.threat == threat and r.metric == metric for r in index.rows):
+        return []
+
+    def notes(attack: str) -> tuple[tuple[str, str, str], ...]:
+        return (*((f"TPR {round(fpr * 100)}%", attack, fpr_metric("tpr", fpr)) for fpr in FPR_LEVELS),
+                ("clean lost", attack, fpr_metric("clean_lost", 0.05)), ("pairs", attack, Metric.PAIRS_KEPT))
+
+    present = {r.attack for r in index.rows if r.threat == threat and r.metric == metric}
+    return [attack_table(index, key=key, title=title, threat=threat, order=[a for a in order if a in present],
+                         metric=metric, interval=False, notes=notes)]

@@ -65,8 +65,8 @@ def to_csv(table: Table) -> str:
     return buffer.getvalue()
 
 
-LATEX_NOTES = ("success", "transfer success", "pairs")  # what a LaTeX cell shows beside its value
-_NUMBERED = re.compile(r"^Table \d+: ")
+LATEX_NOTES = ("success", "transfer success", "TPR 1%", "TPR 5%", "TPR 10%", "pairs")  # shown beside a LaTeX value
+_NUMBERED = re.compile(r"^Table \d+[a-z]?: ")
 
 
 def _latex_cell(table: Table, cell: Cell) -> str:
@@ -124,7 +124,7 @@ def _caption(table: Table) -> str:
     cells = list(table.cells.values())
     caption = latex_escape(_NUMBERED.sub("", table.title)) + "."
     if any(any(name in c.notes for name in LATEX_NOTES) for c in cells):
-        caption += " In parentheses: " + "; ".join(n for n in LATEX_NOTES if any(n in c.notes for c in cells)) + "."
+        caption += " In parentheses: " + "; ".join(latex_escape(n) for n in LATEX_NOTES if any(n in c.notes for c in cells)) + "."
     if any(c.value is None for c in cells):
         caption += " --: not run."
     if any(c.flag for c in cells):

@@ -91,18 +91,18 @@ def paper_value(table: Table, row: str, column: tuple[str, str], index: RowIndex
     block = group or row
     dataset = next((d for d, p in index.blocks if block_name(d, p) == block), None)
     paper = paper_dataset(dataset) if dataset else None
-    if paper is None:
+    number = table.key.split("_")[0]  # table1 ... table4 are the paper's; table2b (fixed FPR) and others are not
+    if paper is None or number not in ("table1", "table2", "table3", "table4"):
         return None
-    if table.key.startswith("table1"):
+    if number == "table1":
         return PAPER_TABLE1[paper].get(defense)
     if defense not in PAPER_DEFENSES:
         return None
     position = PAPER_DEFENSES.index(defense)
-    if table.key.startswith("table2"):
+    if number == "table2":
         values = PAPER_TABLE2[paper].get(row)
         return values[position] if values else None
-    source = PAPER_TABLE3 if table.key.startswith("table3") else PAPER_TABLE4
-    return source[paper][position]
+    return (PAPER_TABLE3 if number == "table3" else PAPER_TABLE4)[paper][position]
 
 
 def html_table(table: Table, index: RowIndex) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from pdm_bench.inference import embed_and_predict, predict_logits
 from pdm_bench.models import ModelSpec, ResNet, build_model
 from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import ModelEntry
-from pdm_bench.tables import RowIndex, Table, per_dataset_table
+from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, fixed_fpr_table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
@@ -172,7 +172,8 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     on_target = {name: judge_images(ev, (ev.trained.model, ev.detector), x, y, s.x_adv, clean_pred, clean_score, s.seconds)
                  for name, s in ((CW, search.plain), (WB, final.wb))}
     n = len(on_target[WB].keep)
-    main = scored_rows(ev, WB, on_target[WB], y, clean_pred)
+    clean = (clean_pred, clean_score)
+    main = scored_rows(ev, WB, on_target[WB], y, clean)
     extra = [ev.row(WB, Metric.TARGET_HIT_RATE, float((on_target[WB].pred == targets).mean()), len(y)),
              ev.row(CW, Metric.TARGET_HIT_RATE, float((on_target[CW].pred == targets).mean()), len(y)),
              ev.row(WB, Metric.PROXY_AGREEMENT, proxy.agreement, len(data.y_test)),
@@ -183,7 +184,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
              ev.row(WB, Metric.PROXY_SECONDS, proxy.seconds, len(data.x_train)),
              ev.row(WB, Metric.ATTACKER_BANDWIDTH, own_kde.bandwidth, len(y)),
              ev.row(WB, Metric.PROXY_DEPTH, proxy.plan.model.depth, n)]
-    ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean_pred), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
+    ev.results.append([*scored_rows(ev, CW, on_target[CW], y, clean), *budget_rows(ev, WB, final, n, kde_points=kde_points), *extra,
                        *main],
                       completes=WB, legacy=(WB, Metric.AUC))
     return ev.results.run_rows(ev.run_id)
@@ -251,4 +252,6 @@ class BlackBox(ThreatModel):
             threat=self.name, attack=WB, metric=Metric.AUC, interval=True, flag="criterion not met on the proxy",
             notes=(("transfer success", WB, Metric.SUCCESS_RATE), ("pairs", WB, Metric.PAIRS_KEPT),
                    ("proxy agreement", WB, Metric.PROXY_AGREEMENT), ("criterion met", WB, Metric.CRITERION_MET),
-                   ("budget rung", WB, Metric.BUDGET_RUNG)))]
+                   ("budget rung", WB, Metric.BUDGET_RUNG))),
+                *fixed_fpr_table(index, key="table4b_blackbox_fpr", threat=self.name, order=(WB, CW),
+                                 title=f"Table 4b: the black box (transferred) {FIXED_FPR_TITLE}")]

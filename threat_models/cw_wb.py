@@ -308,16 +308,19 @@ def mean_or_nan(values: np.ndarray) -> float:
     return float(values.mean()) if len(values) else float("nan")
 
 
-def scored_rows(ev: Evaluation, name: str, s: Scored, y: np.ndarray, clean_pred: np.ndarray) -> list[ResultRow]:
-    """auc (+ interval), success rate, pairs kept, distortion d (mean, median) and mean adversarial log-density."""
-    n = len(s.keep)
+def scored_rows(ev: Evaluation, name: str, s: Scored, y: np.ndarray, clean: tuple[np.ndarray, np.ndarray]
+                ) -> list[ResultRow]:
+    """auc (+ interval), success rate, pairs kept, distortion d (mean, median), mean adversarial log-density and
+    detection at fixed false-positive rates; ``clean``: the target's predictions and scores on the clean images."""
+    n, clean_pred = len(s.keep), clean[0]
     return [ev.row(name, Metric.AUC, s.auc.value, n), ev.row(name, Metric.AUC_LOW, s.auc.low, n),
             ev.row(name, Metric.AUC_HIGH, s.auc.high, n),
             ev.row(name, Metric.SUCCESS_RATE, s.success, int((clean_pred == y).sum())), ev.row(name, Metric.PAIRS_KEPT, n, len(y)),
             ev.row(name, Metric.DISTORTION, mean_or_nan(s.distortion), n),
             ev.row(name, Metric.DISTORTION_MEDIAN, float(np.median(s.distortion)) if n else float("nan"), n),
             ev.row(name, Metric.LOG_DENSITY_MEAN, mean_or_nan(s.score[s.keep]), n),
-            ev.row(name, Metric.ATTACK_SECONDS, s.seconds, len(y))]
+            ev.row(name, Metric.ATTACK_SECONDS, s.seconds, len(y)),
+            *ev.fixed_fpr_rows(name, y=y, clean=clean, adversarial=(s.pred, s.score))]
 
 
 def budget_rows(ev: Evaluation, name: str, rung: Rung, n: int, *, kde_points: int) -> list[ResultRow]:

@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
-from pdm_bench.metrics import distortions, kept_pairs, success_rate
-from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, value_getter
-from pdm_bench.tables import RowIndex, Table, attack_table
+from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
+from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, fpr_metric, value_getter
+from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, attack_table, fixed_fpr_table
 from pdm_bench.threat import ThreatModel, ThreatParams
 from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, RESILIENCY_EPS, AttackBackend, AttackSpec, attack_targets,
                                                   build_attack, parse_attack)
@@ -82,7 +82,9 @@ class GrayBox(ThreatModel):
 
     def report_tables(self, index: RowIndex) -> list[Table]:
         return [attack_table(index, key="table2_graybox_auc", title="Table 2: detection AUC under the gray-box threat "
-                             "model", threat=self.name, order=GRAY_ORDER)]
+                             "model", threat=self.name, order=GRAY_ORDER),
+                *fixed_fpr_table(index, key="table2b_graybox_fpr", title=f"Table 2b: the gray box {FIXED_FPR_TITLE}",
+                                 threat=self.name, order=GRAY_ORDER)]
 
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         figures = (resiliency_figure(index, dataset, preset), flow_figure(index, dataset, preset))
@@ -99,19 +101,22 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
     clean_pred, clean_score = ev.record_clean(model, x, y)
     targets = attack_targets(y, data.num_classes, ev.seed)
 
+    def params(spec: AttackSpec) -> dict[str, object]:
+        return {**spec.params, "family": spec.family, "backend": backend.value if spec.family in ("cw", "jsma") else "art",
+                "targeted": targeted or spec.family == "jsma"}
+
     def adversarials(spec: AttackSpec) -> tuple[np.ndarray, float]:
         is_targeted = targeted or spec.family == "jsma"
         goal = targets if is_targeted else y
         attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size,
                               verbose=ev.progress)
-        params = {**spec.params, "family": spec.family, "backend": backend.value if spec.family in ("cw", "jsma") else "art",
-                  "targeted": is_targeted}
         one_hot = np.eye(data.num_classes)[goal]
-        return ev.cached_adversarials(spec.name, params, lambda part: attack.generate(x[part], y=one_hot[part]))
+        return ev.cached_adversarials(spec.name, params(spec), lambda part: attack.generate(x[part], y=one_hot[part]))
 
     for spec in specs:
         if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, Metric.AUC)):
             ev.log(f"{spec.name}: already in {ev.results.path}, skipped")
+            add_fixed_fpr_rows(ev, spec.name, ev.stored_adversarials(spec.name, params(spec)), y, (clean_pred, clean_score))
             continue
         ev.log(f"{spec.name}: attacking {len(y)} images ...")
         x_adv, seconds = adversarials(spec)
@@ -129,10 +134,23 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             *(ev.row(spec.name, f"{k}_mean", float(v.mean()) if n else float("nan"), n) for k, v in sizes.items()),
             ev.row(spec.name, Metric.ATTACK_SECONDS, seconds, len(y)),
             *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
+            *ev.fixed_fpr_rows(spec.name, y=y, clean=(clean_pred, clean_score), adversarial=(adv_pred, adv_score)),
         ], completes=spec.name, legacy=(spec.name, Metric.AUC))  # another process may have run the same attack
     if resiliency:
         resiliency_curves(ev, adversarials, y, clean_pred)
     return ev.results.run_rows(ev.run_id)
+
+
+def add_fixed_fpr_rows(ev: Evaluation, attack: str, x_adv: np.ndarray | None, y: np.ndarray,
+                       clean: tuple[np.ndarray, np.ndarray]) -> None:
+    """Detection at fixed false-positive rates for an attack finished before it was measured, from its stored images
+    (when they are gone the attack is not redone: its fixed-FPR cells stay empty)."""
+    if x_adv is None or ev.results.finished(ev.run_id, f"{attack}@fpr") or \
+            ev.results.has(ev.run_id, attack, fpr_metric("tpr", FPR_LEVELS[0])) or not ev.rejection_thresholds():
+        return
+    adversarial = ev.score(ev.trained.model, x_adv)
+    ev.results.append(ev.fixed_fpr_rows(attack, y=y, clean=clean, adversarial=adversarial), completes=f"{attack}@fpr")
+    ev.log(f"{attack}: detection at fixed false-positive rates added from its stored images")
 
 
 def resiliency_curves(ev: Evaluation, adversarials: Callable[[AttackSpec], tuple[np.ndarray, float]], y: np.ndarray,

@@ -21,7 +21,7 @@ from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
 from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import save_array
-from pdm_bench.tables import RowIndex, Table, per_dataset_table
+from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, fixed_fpr_table, per_dataset_table
 from pdm_bench.threat import ThreatModel
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
@@ -85,11 +85,12 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
         ev.row(f"{WB}@{r.index + 1}", Metric.DISTORTION, mean_or_nan(r.wb.distortion), len(r.wb.keep)),
         ev.row(f"{WB}@{r.index + 1}", Metric.STAGE1_SUCCESS_RATE, r.stage1.success, correct),
         ev.row(f"{WB}@{r.index + 1}", Metric.ATTACK_SECONDS, seconds_spent(r.stage1.seconds, r.wb.seconds), len(y)))]
-    ev.results.append([*scored_rows(ev, CW, search.plain, y, clean_pred), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),
+    clean = (clean_pred, clean_score)
+    ev.results.append([*scored_rows(ev, CW, search.plain, y, clean), *trials, *budget_rows(ev, WB, final, n, kde_points=kde_points),
                        ev.row(WB, Metric.TARGET_HIT_RATE, float((final.wb.pred == targets).mean()), len(y)),
                        ev.row(WB, Metric.STAGE1_SUCCESS_RATE, final.stage1.success, correct),
                        ev.row(WB, Metric.STAGE1_SECONDS, final.stage1.seconds, len(y)),
-                       *scored_rows(ev, WB, final.wb, y, clean_pred)],
+                       *scored_rows(ev, WB, final.wb, y, clean)],
                       completes=WB, legacy=(WB, Metric.DISTORTION))
     return ev.results.run_rows(ev.run_id)
 
@@ -147,7 +148,9 @@ class WhiteBox(ThreatModel):
             index, key="table3_whitebox_distortion", title="Table 3: distortion d under the white-box threat model "
             "(C&W-wb)", threat=self.name, attack=WB, metric=Metric.DISTORTION, interval=False,
             notes=(("AUC", WB, Metric.AUC), ("success", WB, Metric.SUCCESS_RATE), ("criterion met", WB, Metric.CRITERION_MET),
-                   ("budget rung", WB, Metric.BUDGET_RUNG), ("plain C&W AUC", CW, Metric.AUC)))]
+                   ("budget rung", WB, Metric.BUDGET_RUNG), ("plain C&W AUC", CW, Metric.AUC))),
+                *fixed_fpr_table(index, key="table3b_whitebox_fpr", title=f"Table 3b: the white box {FIXED_FPR_TITLE}", threat=self.name,
+                                 order=(WB, CW))]
 
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         figure = distortion_figure(index, directory, dataset, preset)

@@ -1,0 +1,128 @@
+"""Adaptive threat model: PGD against model + detector (plain, combined loss, orthogonal, selective) and Square, at
+fixed budgets, judged at 5% false positives; its rows, report table, resume and bad input."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.config import make_plan
+from pdm_bench.data import load_dataset
+from pdm_bench.defenses.baseline import Baseline
+from pdm_bench.detectors import KDEDetector, fit_detector
+from pdm_bench.inference import embed_and_predict
+from pdm_bench.metrics import rejection_threshold
+from pdm_bench.results import ResultsStore
+from pdm_bench.threat_models.pgd import DetectorPGD
+from pdm_bench.threat_models.square import SquareWithReject
+from pdm_bench.training import train_or_load
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    data = load_dataset("digits")
+    plan = make_plan("quick", dataset="digits", input_shape=data.input_shape, num_classes=10, epochs=10)
+    trained = train_or_load(dataset=data, defense=Baseline(), plan=plan, cache_dir=tmp_path_factory.mktemp("c"),
+                            device=CPU, progress=False, log=lambda _: None)
+    detector = fit_detector(KDEDetector(), trained.model, data, device=CPU)
+    embeddings, predicted = embed_and_predict(trained.model, data.x_test[100:], device=CPU)
+    scores = detector.score(embeddings, predicted).numpy()
+    classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=10, device=CPU)
+    return {"data": data, "model": trained.model, "detector": detector, "classifier": classifier,
+            "threshold": rejection_threshold(scores, 0.05), "scale": float(np.std(scores))}
+
+
+def evasions(setup: dict[str, Any], x_adv: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    embeddings, predicted = embed_and_predict(setup["model"], x_adv, device=CPU)
+    score = setup["detector"].score(embeddings, predicted).numpy()
+    clean_right = embed_and_predict(setup["model"], x, device=CPU)[1].numpy() == y
+    return clean_right & (predicted.numpy() != y) & (score >= setup["threshold"])
+
+
+def pgd(setup: dict[str, Any], mode: str, **settings: Any) -> DetectorPGD:
+    return DetectorPGD(setup["classifier"], **{"eps": 0.1, "eps_step": 0.025, "max_iter": 30, "num_random_init": 1,
+                                               "batch_size": 64, "verbose": False, **settings}, mode=mode,
+                       detector=None if mode == "classifier" else setup["detector"].fitted(),
+                       threshold=setup["threshold"], score_scale=setup["scale"])
+
+
+def test_the_combined_loss_evades_the_kde_at_5_percent_fpr_on_more_images_than_plain_pgd(setup: dict[str, Any]) -> None:
+    x, y = setup["data"].x_test[:100], setup["data"].y_test[:100]
+    evaded = {mode: evasions(setup, pgd(setup, mode).generate(x, y), x, y).sum()
+              for mode in ("classifier", "combined", "selective")}
+    assert evaded["combined"] > evaded["classifier"] and evaded["selective"] > evaded["classifier"], evaded
+
+
+@pytest.mark.parametrize(("norm", "eps"), [(np.inf, 0.1), (2, 0.5)])
+def test_pgd_stays_inside_the_ball_and_the_pixel_range(setup: dict[str, Any], norm: float, eps: float) -> None:
+    x, y = setup["data"].x_test[:40], setup["data"].y_test[:40]
+    for mode in ("combined", "orthogonal"):
+        delta = (pgd(setup, mode, norm=norm, eps=eps, eps_step=eps / 4, max_iter=10).generate(x, y) - x).reshape(40, -1)
+        size = np.abs(delta).max(axis=1) if norm == np.inf else np.linalg.norm(delta, axis=1)
+        assert size.max() <= eps + 1e-5 and (x.reshape(40, -1) + delta).min() >= 0 and (x.reshape(40, -1) + delta).max() <= 1
+
+
+def test_square_with_reject_counts_a_rejected_image_as_no_success(setup: dict[str, Any]) -> None:
+    """Everything rejected (a threshold above every score): Square cannot succeed, so no image evades."""
+    x, y = setup["data"].x_test[:20], setup["data"].y_test[:20]
+    square = SquareWithReject(setup["model"], setup["detector"].fitted(), threshold=1e30, scale=1.0,
+                              input_shape=x.shape[1:], nb_classes=10, clip_values=(0.0, 1.0), norm=np.inf, eps=0.3,
+                              max_iter=20, restarts=1, batch_size=20, verbose=False, seed=0, device=CPU)
+    assert not evasions({**setup, "threshold": 1e30}, square.generate(x, y), x, y).any()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"mode": "combined", "detector": None}, "mode 'combined' attacks the detector"), ({"norm": 1}, "norm inf or 2"),
+     ({"eps": 0.0}, "positive eps"), ({"mode": "both"}, "mode one of classifier, combined")],
+)
+def test_bad_pgd_settings_are_refused(setup: dict[str, Any], settings: dict[str, Any], message: str) -> None:
+    mode = settings.pop("mode", "classifier")
+    detector = settings.pop("detector", setup["detector"].fitted())
+    with pytest.raises(ValueError, match=message):
+        DetectorPGD(setup["classifier"], mode=mode, detector=detector, **settings)
+
+
+def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    results = tmp_path / "r"
+    args = ("run", "--threat", "adaptive", "--defense", "baseline", "--epochs", "3", "--n-samples", "40", "--eps", "0.3",
+            "-t", "iterations=10", "-t", "restarts=1", "-t", "square_iterations=30", "-t", "weights=1",
+            "--no-progress", "--results-dir", str(results))
+    first = cli(*args)
+    assert first.code == 0, first.err
+    got = {(r.attack, r.metric): r.value for r in ResultsStore(results).rows()}
+    for attack in ("pgd", "combined@1", "orthogonal", "selective", "square", "combined", "worst"):
+        assert 0.0 <= got[(f"{attack}-linf-0.3", "robust_accuracy_at_fpr_5")] <= 1.0, attack
+    worst = got[("worst-linf-0.3", "robust_accuracy_at_fpr_5")]
+    assert worst <= min(got[(f"{a}-linf-0.3", "robust_accuracy_at_fpr_5")] for a in ("pgd", "combined@1", "square"))
+    assert got[("pgd-linf-0.3", "linf_max")] <= 0.3 + 1e-6 and "worst-linf-0.3" in first.out
+    rows = len(ResultsStore(results).rows())
+    again = cli(*args)
+    assert again.code == 0 and "skipped" in again.out and len(ResultsStore(results).rows()) == rows
+    assert cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report")).code == 0
+    with open(tmp_path / "report" / "table5_adaptive_fpr.csv", encoding="utf-8") as handle:
+        table = {row["attack"]: row for row in csv.DictReader(handle)}
+    assert list(table)[-1] == "worst-linf-0.3" and "combined@1-linf-0.3" not in table
+    assert float(table["worst-linf-0.3"]["digits (quick) baseline"]) == pytest.approx(worst, abs=6e-4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(("--eps", "abc"), "--eps must be comma-separated positive numbers, got 'abc'"),
+     (("--eps", "0.1,-1"), "--eps must be comma-separated positive numbers, got '0.1,-1'"),
+     (("-t", "restarts=0"), "restarts must be an integer >= 1, got 0"),
+     (("--n-samples", "360"), "--n-samples must be below the test set's size 360")],
+)
+def test_bad_adaptive_input_is_one_line(tmp_path: Path, cli: Callable[..., Any], args: tuple[str, ...], message: str) -> None:
+    result = cli("run", "--threat", "adaptive", "--defense", "baseline", "--epochs", "1", *args, "--no-progress",
+                 "--results-dir", str(tmp_path / "r"))
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err, result.err

@@ -1,0 +1,242 @@
+"""Adaptive threat model: a portfolio of attacks on the classifier and its detector at fixed L-inf or L2 budgets,
+judged at a fixed false-positive rate (Tramer et al. 2020; Bryniarski et al. 2022).
+
+At each eps: plain PGD on the classifier alone (what the detector adds), PGD on the combined loss at each detector
+weight of the sweep, orthogonal and selective PGD, and Square (gradient-free) on the model with "reject" as a class.
+The detector's threshold rejects 5% of clean calibration images (:meth:`Evaluation.rejection_thresholds`); an
+attack succeeds on an image when the model misclassifies it and the detector lets it pass. Rows per attack, and
+``worst-<norm>-<eps>``: per image, the worst case over the whole portfolio (the number that counts).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.config import dataset_family
+from pdm_bench.errors import UserError
+from pdm_bench.evaluation import Evaluation
+from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
+from pdm_bench.results import Metric, ResultRow, fpr_metric, value_getter
+from pdm_bench.tables import RowIndex, Table, attack_table
+from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat_models.pgd import DetectorPGD
+from pdm_bench.threat_models.square import SquareWithReject
+
+# The issue's budgets: MNIST-like data L-inf 0.1 and 0.3, L2 2.0; CIFAR-10 L-inf 8/255, L2 0.5.
+DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("linf", ""): (0.1, 0.3), ("l2", ""): (2.0,)}
+WORST = "worst"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdaptiveParams(ThreatParams):
+    """``eps``: comma-separated budgets (None: the data set's defaults); ``iterations`` PGD steps per start,
+    ``restarts`` random starts; ``weights`` the combined loss's detector weights; ``square_iterations`` Square's
+    queries per image (0: no Square)."""
+
+    norm: str = "linf"
+    eps: str | None = None
+    iterations: int = 100
+    restarts: int = 2
+    weights: str = "0.1,1,10"
+    square_iterations: int = 1000
+    batch_size: int = 256
+
+    def __post_init__(self) -> None:
+        if self.norm not in ("linf", "l2"):
+            raise ValueError(f"--norm must be linf or l2, got '{self.norm}'")
+        for text, name in ((self.eps, "--eps"), (self.weights, "weights")):
+            if text is not None:
+                _positive_list(text, name)
+        for name, lowest in (("iterations", 1), ("restarts", 1), ("square_iterations", 0), ("batch_size", 1)):
+            if getattr(self, name) < lowest:
+                raise ValueError(f"{name} must be an integer >= {lowest}, got {getattr(self, name)}")
+
+    def budgets(self, dataset: str) -> tuple[float, ...]:
+        if self.eps is not None:
+            return _positive_list(self.eps, "--eps")
+        family = dataset_family(dataset)
+        return DEFAULT_EPS.get((self.norm, family), DEFAULT_EPS[(self.norm, "")])
+
+
+def _positive_list(text: str, name: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ValueError(f"{name} must be comma-separated positive numbers, got '{text}'") from None
+    if not values or not all(v > 0 and math.isfinite(v) for v in values):
+        raise ValueError(f"{name} must be comma-separated positive numbers, got '{text}'")
+    return values
+
+
+class Adaptive(ThreatModel):
+    """Adaptive attacks on the classifier and the detector at fixed budgets, judged at 5% false positives."""
+
+    name = "adaptive"
+    description = "PGD (plain, combined loss, orthogonal, selective) and Square on model + detector at fixed eps, 5% FPR"
+    params_type = AdaptiveParams
+    cost_rank = 3
+    attacks_detector = True
+    flags: ClassVar[dict[str, str]] = {"--norm": "norm", "--eps": "eps"}
+    params: AdaptiveParams
+
+    def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
+        return run_adaptive(evaluation, self.params)
+
+    def summary(self, rows: list[ResultRow]) -> str:
+        get = value_getter(rows)
+        names = adaptive_order(RowIndex(rows))
+        lines = [f"{'attack':<22} {'accuracy':>8} {'robust@1%':>9} {'robust@5%':>9} {'robust@10%':>10} {'TPR@5%':>7}"]
+        for name in names:
+            values = [get(name, Metric.ACCURACY), *(get(name, fpr_metric("robust_accuracy", f)) for f in FPR_LEVELS),
+                      get(name, fpr_metric("tpr", 0.05))]
+            lines.append(f"{name:<22} " + " ".join(f"{v:>{w}.3f}" for v, w in zip(values, (8, 9, 9, 10, 7))))
+        lines.append("accuracy: without the detector; robust@F: the share of correctly classified images the attack did "
+                     "not fool or the detector rejected, its threshold rejecting F of clean calibration images; TPR: "
+                     "share of fooling images rejected (not for combined, the weights' sweep, and worst: per image, any attack of the budget)")
+        return "\n".join(lines)
+
+    def report_tables(self, index: RowIndex) -> list[Table]:
+        metric = fpr_metric("robust_accuracy", 0.05)
+        if not any(r.threat == self.name for r in index.rows):
+            return []
+        return [attack_table(index, key="table5_adaptive_fpr", title="Table 5: adaptive attacks at 5% false positives: "
+                             "robust accuracy under detection (without the detector in the notes)", threat=self.name,
+                             order=adaptive_order(index), metric=metric, interval=False, others=False,
+                             notes=lambda a: (("no detector", a, Metric.ACCURACY.value),
+                                              ("TPR 5%", a, fpr_metric("tpr", 0.05))))]
+
+
+def adaptive_order(index: RowIndex) -> list[str]:
+    """Budgets in order, and at each the portfolio's attacks with the worst case last."""
+    names = {r.attack for r in index.rows if r.threat == Adaptive.name and r.metric == fpr_metric("robust_accuracy", 0.05)}
+    tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=lambda t: (t.split("-")[0], float(t.split("-")[1])))
+    kinds = ("pgd", "combined", "orthogonal", "selective", "square", WORST)
+    return [f"{k}-{t}" for t in tags for k in kinds if f"{k}-{t}" in names]
+
+
+@dataclass(frozen=True)
+class Judged:
+    """An attack's images as the target sees them: prediction and detector score per image."""
+
+    pred: np.ndarray
+    score: np.ndarray
+
+
+def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
+    """Every attack of the portfolio at every budget not yet stored, then the worst case per budget; the run's rows."""
+    data, model = ev.dataset, ev.trained.model
+    x, y = data.x_test[ev.indices], data.y_test[ev.indices]
+    clean = ev.record_clean(model, x, y)
+    thresholds = ev.rejection_thresholds()
+    if not thresholds:
+        raise UserError(f"Threat model 'adaptive' sets the detector's threshold on test images that are not attacked: "
+                        f"--n-samples must be below the test set's size {len(data.y_test)}")
+    finite = clean[1][np.isfinite(clean[1])]
+    scale = float(np.std(finite)) if finite.size > 1 and np.std(finite) > 0 else 1.0
+    classifier = to_art_classifier(model, input_shape=data.input_shape, nb_classes=data.num_classes, device=ev.device)
+    for eps in params.budgets(data.name):
+        tag = f"{params.norm}-{eps:g}"
+        if ev.results.finished(ev.run_id, f"{WORST}-{tag}"):
+            ev.log(f"adaptive at {tag}: already in {ev.results.path}, skipped")
+            continue
+        judged = {}
+        for name, make, settings in portfolio(ev, params, classifier, eps=eps, threshold=thresholds[0.05], scale=scale):
+            x_adv, seconds = ev.cached_adversarials(f"{name}-{tag}", settings, lambda part, make=make: make(x[part], y[part]))
+            judged[name] = Judged(*ev.score(model, x_adv))
+            if ev.results.finished(ev.run_id, f"{name}-{tag}"):
+                continue
+            ev.results.append(attack_rows(ev, f"{name}-{tag}", x, y, x_adv, clean, judged[name], seconds),
+                              completes=f"{name}-{tag}")
+        combined = [j for n, j in judged.items() if n.startswith("combined@")]
+        for name, parts in ((f"combined-{tag}", combined), (f"{WORST}-{tag}", [j for n, j in judged.items()
+                                                                             if not n.startswith("combined@")] + combined)):
+            if not ev.results.finished(ev.run_id, name):
+                ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
+    return ev.results.run_rows(ev.run_id)
+
+
+def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: float, threshold: float,
+              scale: float) -> list[tuple[str, Any, dict[str, Any]]]:
+    """(name, make(x, y) -> images, what the images depend on) for each attack at ``eps``."""
+    norm = np.inf if params.norm == "linf" else 2
+    detector = ev.detector.fitted() if hasattr(ev.detector, "fitted") else _TorchScore(ev.detector)
+    common = {"norm": params.norm, "eps": eps, "iterations": params.iterations, "restarts": params.restarts,
+              "threshold": round(threshold, 6), "scale": round(scale, 6)}
+
+    def pgd(mode: str, weight: float = 1.0) -> Any:
+        attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / params.iterations,
+                             max_iter=params.iterations, num_random_init=params.restarts, batch_size=params.batch_size,
+                             verbose=ev.progress, mode=mode, detector=None if mode == "classifier" else detector,  # type: ignore[arg-type]
+                             threshold=threshold, detector_weight=weight, score_scale=scale, seed=ev.seed)
+        return lambda xs, ys: attack.generate(xs, ys)
+
+    attacks = [("pgd", pgd("classifier"), {**common, "mode": "classifier"}),
+               *((f"combined@{w:g}", pgd("combined", w), {**common, "mode": "combined", "weight": w})
+                 for w in _positive_list(params.weights, "weights")),
+               ("orthogonal", pgd("orthogonal"), {**common, "mode": "orthogonal"}),
+               ("selective", pgd("selective"), {**common, "mode": "selective"})]
+    if params.square_iterations:
+        square = SquareWithReject(ev.trained.model, detector, threshold=threshold, scale=scale,
+                                  input_shape=ev.dataset.input_shape, nb_classes=ev.dataset.num_classes,
+                                  clip_values=(0.0, 1.0), norm=norm, eps=eps, max_iter=params.square_iterations,
+                                  restarts=1, batch_size=params.batch_size, verbose=ev.progress, seed=ev.seed,
+                                  device=ev.device)
+        attacks.append(("square", square.generate, {**common, "square_iterations": params.square_iterations}))
+    return attacks
+
+
+@dataclass(frozen=True)
+class _TorchScore:
+    """A detector plugin's differentiable score in the shape the attacks take (``log_density``)."""
+
+    detector: Any
+
+    @property
+    def num_classes(self) -> int:
+        return 0
+
+    def log_density(self, embeddings: Any, classes: Any) -> Any:
+        return self.detector.torch_score(embeddings, classes)
+
+    def to(self, device: Any) -> _TorchScore:
+        return self
+
+
+def attack_rows(ev: Evaluation, name: str, x: np.ndarray, y: np.ndarray, x_adv: np.ndarray,
+                clean: tuple[np.ndarray, np.ndarray], judged: Judged, seconds: float) -> list[ResultRow]:
+    """Accuracy without the detector, success, Pang's AUC, the budget used and detection at fixed FPRs."""
+    clean_pred, clean_score = clean
+    keep = kept_pairs(y, clean_pred, judged.pred)
+    auc = ev.detection_auc(name, clean_score[keep], judged.score[keep])
+    sizes = distortions(x, x_adv)
+    return [ev.row(name, Metric.ACCURACY, float((judged.pred == y).mean()), len(y)),
+            ev.row(name, Metric.SUCCESS_RATE, success_rate(y, clean_pred, judged.pred), int((clean_pred == y).sum())),
+            ev.row(name, Metric.PAIRS_KEPT, len(keep), len(y)),
+            ev.row(name, Metric.AUC, auc.value, len(keep)), ev.row(name, Metric.AUC_LOW, auc.low, len(keep)),
+            ev.row(name, Metric.AUC_HIGH, auc.high, len(keep)),
+            ev.row(name, "linf_max", float(sizes["linf"].max(initial=0.0)), len(y)),
+            ev.row(name, "l2_max", float(sizes["l2"].max(initial=0.0)), len(y)),
+            ev.row(name, Metric.ATTACK_SECONDS, seconds, len(y)),
+            *ev.fixed_fpr_rows(name, y=y, clean=clean, adversarial=(judged.pred, judged.score))]
+
+
+def worst_case_rows(ev: Evaluation, name: str, y: np.ndarray, clean: tuple[np.ndarray, np.ndarray],
+                    parts: list[Judged]) -> list[ResultRow]:
+    """Per image, the worst case over ``parts``: fooled by any; at each FPR, evading the detector in any."""
+    clean_pred = clean[0]
+    correct = clean_pred == y
+    fooled = np.any([j.pred != y for j in parts], axis=0)
+    rows = [ev.row(name, Metric.ACCURACY, float((~fooled).mean()), len(y)),
+            ev.row(name, Metric.SUCCESS_RATE, float(fooled[correct].mean()) if correct.any() else math.nan,
+                   int(correct.sum()))]
+    for fpr in FPR_LEVELS:
+        threshold = ev.rejection_thresholds()[fpr]
+        evades = np.any([(j.pred != y) & (j.score >= threshold) for j in parts], axis=0)
+        rows.append(ev.row(name, fpr_metric("robust_accuracy", fpr),
+                           float((~evades)[correct].mean()) if correct.any() else math.nan, int(correct.sum())))
+    return rows

@@ -106,7 +106,8 @@ class KDEDetector(Detector):
         return self.fitted().log_density(embeddings, classes)
 
     def run_key(self) -> dict[str, Any]:
-        return {"bandwidth": round(self.fitted().bandwidth, 8)}  # as before detectors were components: ids unchanged
+        key: dict[str, Any] = {"bandwidth": round(self.fitted().bandwidth, 8)}  # as before detectors were components
+        return key if self.name == "kde" else {**key, "detector": self.name}  # a subclass (plugin) is another detector
 
     def fitted_values(self) -> dict[str, float]:
         return {"bandwidth": self.fitted().bandwidth}

@@ -102,3 +102,18 @@ def operating_point(threshold: float, *, y: np.ndarray, clean_pred: np.ndarray, 
     robust = float(((adv_pred == y) | rejected)[correct].mean()) if correct.any() else float("nan")
     clean_lost = float((correct & (np.asarray(clean_score, dtype=np.float64) < threshold)).mean()) if y.size else float("nan")
     return OperatingPoint(tpr, robust, clean_lost)
+
+
+def valid_images(x: np.ndarray, x_adv: np.ndarray, *, norm: str | None = None, eps: float | None = None,
+                 low: float = 0.0, high: float = 1.0, tolerance: float = 1e-5) -> np.ndarray:
+    """Per image, whether ``x_adv`` may count: finite, inside [low, high] and, with a budget, within ``eps`` of ``x``
+    in ``norm`` (``linf`` or ``l2``), up to float ``tolerance``. The model's label and the detector's score are
+    always measured again on the image, never taken from the attack."""
+    flat = np.asarray(x_adv, dtype=np.float64).reshape(len(x_adv), -1)
+    ok = np.isfinite(flat).all(axis=1) & (flat.min(axis=1, initial=low) >= low - tolerance) & \
+        (flat.max(axis=1, initial=high) <= high + tolerance)
+    if eps is not None:
+        delta = flat - np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        size = np.abs(delta).max(axis=1, initial=0.0) if norm == "linf" else np.linalg.norm(delta, axis=1)
+        ok &= size <= eps * (1 + tolerance) + tolerance
+    return ok

@@ -19,6 +19,7 @@ from pdm_bench.options import build_options
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from pdm_bench.checklist import Check
     from pdm_bench.evaluation import Evaluation
     from pdm_bench.figures import Figure
     from pdm_bench.results import ResultRow
@@ -86,4 +87,8 @@ class ThreatModel(ABC):
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         """The report's figures for one dataset block (``directory``: the results directory, for files beside the
         rows); default: none."""
+        return []
+
+    def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
+        """The items of Carlini et al. 2019's checklist these rows show for one column (default: none)."""
         return []

@@ -65,7 +65,10 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
     for table in tables:
         written.append(atomic_write_text(out / f"{table.key}.csv", to_csv(table)))
     written.append(atomic_write_text(out / "tables.tex", tables_tex(tables)))
-    html = render_html(tables=[html_table(t, index) for t in tables], sections=sections,
+    checks = checklist(index, threat_models)
+    if checks["rows"]:
+        written.append(atomic_write_text(out / "checklist.csv", checklist_csv(checks)))
+    html = render_html(tables=[html_table(t, index) for t in tables], sections=sections, checklist=checks,
                        provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir),
                        cost=study_cost(Path(results_dir)))
     written.append(atomic_write_text(out / "report.html", html))
@@ -138,6 +141,40 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
 
 def _short(name: str, value: float) -> str:
     return f"{value:.0f}" if name in COUNT_NOTES and float(value).is_integer() else f"{value:.3f}"
+
+
+def checklist(index: RowIndex, threat_models: list[Any]) -> dict[str, Any]:
+    """Each threat model's checklist items (rows) per dataset block and defense (columns); a threat model none of
+    whose items was run anywhere has no rows."""
+    columns = [(block_name(d, p), d, p, defense) for d, p in index.blocks for defense in index.evaluated(d, p)]
+    rows = []
+    for threat in threat_models:
+        per_column = [threat.checklist(index, d, p, defense) for _, d, p, defense in columns]
+        items = list(dict.fromkeys(check.item for checks in per_column for check in checks))
+        if not any(check.passed is not None for checks in per_column for check in checks):
+            continue
+        for item in items:
+            cells = [next(({"status": c.status, "numbers": c.numbers} for c in checks if c.item == item),
+                          {"status": "not run", "numbers": ""}) for checks in per_column]
+            rows.append({"label": f"{threat.name}: {item}", "threat": threat.name, "item": item, "cells": cells})
+    groups: list[dict[str, Any]] = []
+    for block, *_ in columns:
+        if groups and groups[-1]["name"] == block:
+            groups[-1]["span"] += 1
+        else:
+            groups.append({"name": block, "span": 1})
+    return {"groups": groups, "columns": [c[3] for c in columns], "blocks": [c[0] for c in columns], "rows": rows}
+
+
+def checklist_csv(checks: dict[str, Any]) -> str:
+    """One line per (dataset block, defense, threat model, item): status and numbers."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["dataset", "defense", "threat", "item", "status", "numbers"])
+    for row in checks["rows"]:
+        for block, defense, cell in zip(checks["blocks"], checks["columns"], row["cells"]):
+            writer.writerow([block, defense, row["threat"], row["item"], cell["status"], cell["numbers"]])
+    return buffer.getvalue()
 
 
 def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:

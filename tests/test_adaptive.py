@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +13,17 @@ import numpy as np
 import pytest
 import torch
 
+from pdm_bench import api
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
 from pdm_bench.defenses.baseline import Baseline
 from pdm_bench.detectors import KDEDetector, fit_detector
 from pdm_bench.inference import embed_and_predict
-from pdm_bench.metrics import rejection_threshold
+from pdm_bench.metrics import rejection_threshold, valid_images
 from pdm_bench.results import ResultsStore
+from pdm_bench.tables import RowIndex
+from pdm_bench.threat_models.adaptive import Adaptive, AdaptiveParams
 from pdm_bench.threat_models.pgd import DetectorPGD
 from pdm_bench.threat_models.square import SquareWithReject
 from pdm_bench.training import train_or_load
@@ -37,7 +41,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     embeddings, predicted = embed_and_predict(trained.model, data.x_test[100:], device=CPU)
     scores = detector.score(embeddings, predicted).numpy()
     classifier = to_art_classifier(trained.model, input_shape=data.input_shape, nb_classes=10, device=CPU)
-    return {"data": data, "model": trained.model, "detector": detector, "classifier": classifier,
+    return {"data": data, "trained": trained, "model": trained.model, "detector": detector, "classifier": classifier,
             "threshold": rejection_threshold(scores, 0.05), "scale": float(np.std(scores))}
 
 
@@ -126,3 +130,45 @@ def test_bad_adaptive_input_is_one_line(tmp_path: Path, cli: Callable[..., Any],
     result = cli("run", "--threat", "adaptive", "--defense", "baseline", "--epochs", "1", *args, "--no-progress",
                  "--results-dir", str(tmp_path / "r"))
     assert result.code == 2 and message in result.err and "Traceback" not in result.err, result.err
+
+
+def test_the_validator_rejects_images_outside_the_range_or_the_budget() -> None:
+    x = np.full((5, 1, 2, 2), 0.5, dtype=np.float32)
+    x_adv = x.copy()
+    x_adv[1, 0, 0, 0] = 1.2  # outside [0, 1]
+    x_adv[2, 0, 0, 0] = 0.5 + 0.11  # beyond L-inf 0.1
+    x_adv[3, 0, 0, 0] = np.nan
+    x_adv[4, 0, 0, 0] = 0.5 + 0.1  # on the bound: counts
+    assert valid_images(x, x_adv, norm="linf", eps=0.1).tolist() == [True, False, False, False, True]
+    assert valid_images(x, x_adv, norm="l2", eps=0.1).tolist() == [True, False, False, False, True]
+    assert valid_images(x, x_adv).tolist() == [True, False, True, False, True]  # no budget: the range only
+
+
+@dataclass(kw_only=True)
+class RoundedKDE(KDEDetector):
+    """The KDE with its score rounded: the same decisions, no gradient (a detector that masks its gradients)."""
+
+    name = "rounded_kde"
+
+    def score(self, embeddings: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        return self.torch_score(embeddings, predicted)
+
+    def torch_score(self, embeddings: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        return torch.round(super().torch_score(embeddings, classes) / 5.0) * 5.0
+
+
+def test_a_detector_that_masks_its_gradients_trips_the_checklist(setup: dict[str, Any], tmp_path: Path) -> None:
+    """Rounded scores give the gradient attacks nothing to follow: Square (gradient-free) evades more and the flag
+    fails; with the plain KDE it passes."""
+    trained = api.Trained(setup["data"], setup["trained"], CPU)
+    params = AdaptiveParams(eps="0.3", iterations=20, restarts=1, weights="1", square_iterations=300, check_doubling=False)
+    status = {}
+    for detector in (KDEDetector(), RoundedKDE()):
+        results = tmp_path / detector.name
+        api.evaluate(trained, threat=Adaptive(params), detector=detector, n_samples=100, results_dir=results,
+                     geometry=False, log=lambda _: None)
+        index = RowIndex(ResultsStore(results).rows())
+        column = index.evaluated("digits", "quick")[0]
+        checks = {c.item: c for c in Adaptive(params).checklist(index, "digits", "quick", column)}
+        status[detector.name] = checks["the gradient-free attack is not stronger than the gradient ones"]
+    assert status["kde"].passed is True and status["rounded_kde"].passed is False, status

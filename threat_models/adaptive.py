@@ -17,19 +17,22 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.checklist import Check, Lookup, falls, fmt, no_higher
 from pdm_bench.config import dataset_family
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
-from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
+from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate, valid_images
 from pdm_bench.results import Metric, ResultRow, fpr_metric, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat_models.cw_wb import DetectorScore
 from pdm_bench.threat_models.pgd import DetectorPGD
 from pdm_bench.threat_models.square import SquareWithReject
 
 # The issue's budgets: MNIST-like data L-inf 0.1 and 0.3, L2 2.0; CIFAR-10 L-inf 8/255, L2 0.5.
 DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("linf", ""): (0.1, 0.3), ("l2", ""): (2.0,)}
 WORST = "worst"
+DOUBLED = "@2x"  # an attack (or worst case) with the gradient attacks' iterations and restarts doubled
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +47,7 @@ class AdaptiveParams(ThreatParams):
     restarts: int = 2
     weights: str = "0.1,1,10"
     square_iterations: int = 1000
+    check_doubling: bool = True
     batch_size: int = 256
 
     def __post_init__(self) -> None:
@@ -96,9 +100,13 @@ class Adaptive(ThreatModel):
                       get(name, fpr_metric("tpr", 0.05))]
             lines.append(f"{name:<22} " + " ".join(f"{v:>{w}.3f}" for v, w in zip(values, (8, 9, 9, 10, 7))))
         lines.append("accuracy: without the detector; robust@F: the share of correctly classified images the attack did "
-                     "not fool or the detector rejected, its threshold rejecting F of clean calibration images; TPR: "
-                     "share of fooling images rejected (not for combined, the weights' sweep, and worst: per image, any attack of the budget)")
+                     "not fool or the detector rejected, at the threshold that rejects F of clean calibration images; "
+                     "TPR: the share of fooling images rejected (none for combined, the weights' sweep, and worst, per "
+                     "image any attack of the budget; worst@2x: the gradient attacks at twice the iterations and restarts)")
         return "\n".join(lines)
+
+    def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
+        return adaptive_checklist(index, dataset, preset, defense)
 
     def report_tables(self, index: RowIndex) -> list[Table]:
         metric = fpr_metric("robust_accuracy", 0.05)
@@ -111,11 +119,58 @@ class Adaptive(ThreatModel):
                                               ("TPR 5%", a, fpr_metric("tpr", 0.05))))]
 
 
+GRADIENT = ("pgd", "combined", "orthogonal", "selective")
+
+
+def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
+    """At 5% false positives: success rises with eps (the worst case), doubling iterations and restarts moves the
+    worst case by under 1 point, Square (gradient-free) is no stronger than the gradient attacks (else gradients are
+    masked), random noise is weaker than every attack, and no attack's image was invalid."""
+    get = Lookup(index, dataset, preset, defense, Adaptive.name)
+    robust = fpr_metric("robust_accuracy", 0.05)
+    tags = sorted({n.split("-", 1)[1] for n in adaptive_order(index)}, key=_tag_order)
+    worst = {t: get(f"{WORST}-{t}", robust) for t in tags}
+    rising = [falls([(float(t.split("-")[1]), worst[t]) for t in tags if t.startswith(norm)]) for norm in ("linf", "l2")]
+    rising_known = [r for r in rising if r is not None]
+    checks = [Check("success rises with eps", all(rising_known) if rising_known else None,
+                    ", ".join(f"{t}: {fmt(m.value)}" for t, m in worst.items() if m is not None) + " (worst case, robust)")]
+    doubled = [(t, worst[t], get(f"{WORST}{DOUBLED}-{t}", robust)) for t in tags]
+    doubled = [(t, a, b) for t, a, b in doubled if a is not None and b is not None]
+    checks.append(Check("doubling iterations changes little", all(abs(a.value - b.value) < 0.01 for _, a, b in doubled)
+                        if doubled else None, ", ".join(f"{t}: {fmt(a.value)} -> {fmt(b.value)}" for t, a, b in doubled)))
+    masked, noisy, invalid, numbers = [], [], 0.0, {"square": [], "noise": []}
+    for t in tags:
+        gradient = [m for k in GRADIENT if (m := get(f"{k}-{t}", robust)) is not None]
+        square, noise = get(f"square-{t}", robust), get(f"noise-{t}", robust)
+        if square is not None and gradient:
+            best = min(gradient, key=lambda m: m.value)
+            masked.append(no_higher(best, square))
+            numbers["square"].append(f"{t}: Square {fmt(square.value)} vs gradient {fmt(best.value)}")
+        attacks = [m for k in (*GRADIENT, "square") if (m := get(f"{k}-{t}", robust)) is not None]
+        if noise is not None and attacks:
+            noisy.append(all(no_higher(m, noise) for m in attacks))
+            numbers["noise"].append(f"{t}: noise {fmt(noise.value)} vs attacks {fmt(max(m.value for m in attacks))}-"
+                                    f"{fmt(min(m.value for m in attacks))}")
+        invalid += sum(m.value for k in (*GRADIENT, "square", "noise") if (m := get(f"{k}-{t}", "invalid_images")))
+    checks += [Check("the gradient-free attack is not stronger than the gradient ones", all(masked) if masked else None,
+                     "; ".join(numbers["square"]) + (" (robust at 5% FPR)" if masked else "")),
+               Check("random noise is weaker than every attack", all(noisy) if noisy else None,
+                     "; ".join(numbers["noise"])),
+               Check("every adversarial image is valid (range, budget; label and score measured again)",
+                     None if not tags else invalid == 0, f"{invalid:.0f} invalid images" if tags else "")]
+    return checks
+
+
+def _tag_order(tag: str) -> tuple[str, float]:
+    norm, eps = tag.split("-")
+    return norm, float(eps)
+
+
 def adaptive_order(index: RowIndex) -> list[str]:
     """Budgets in order, and at each the portfolio's attacks with the worst case last."""
     names = {r.attack for r in index.rows if r.threat == Adaptive.name and r.metric == fpr_metric("robust_accuracy", 0.05)}
-    tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=lambda t: (t.split("-")[0], float(t.split("-")[1])))
-    kinds = ("pgd", "combined", "orthogonal", "selective", "square", WORST)
+    tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=_tag_order)
+    kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square", WORST, f"{WORST}{DOUBLED}")
     return [f"{k}-{t}" for t in tags for k in kinds if f"{k}-{t}" in names]
 
 
@@ -128,7 +183,8 @@ class Judged:
 
 
 def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
-    """Every attack of the portfolio at every budget not yet stored, then the worst case per budget; the run's rows."""
+    """Every attack of the portfolio at every budget not yet stored, then the worst cases per budget; the run's rows.
+    Each image is validated (:func:`valid_images`) before it counts: an invalid one counts as the clean image."""
     data, model = ev.dataset, ev.trained.model
     x, y = data.x_test[ev.indices], data.y_test[ev.indices]
     clean = ev.record_clean(model, x, y)
@@ -147,39 +203,52 @@ def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
         judged = {}
         for name, make, settings in portfolio(ev, params, classifier, eps=eps, threshold=thresholds[0.05], scale=scale):
             x_adv, seconds = ev.cached_adversarials(f"{name}-{tag}", settings, lambda part, make=make: make(x[part], y[part]))
+            valid = valid_images(x, x_adv, norm=params.norm, eps=eps)
+            x_adv = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
             judged[name] = Judged(*ev.score(model, x_adv))
-            if ev.results.finished(ev.run_id, f"{name}-{tag}"):
-                continue
-            ev.results.append(attack_rows(ev, f"{name}-{tag}", x, y, x_adv, clean, judged[name], seconds),
-                              completes=f"{name}-{tag}")
-        combined = [j for n, j in judged.items() if n.startswith("combined@")]
-        for name, parts in ((f"combined-{tag}", combined), (f"{WORST}-{tag}", [j for n, j in judged.items()
-                                                                             if not n.startswith("combined@")] + combined)):
+            if not ev.results.finished(ev.run_id, f"{name}-{tag}"):
+                rows = attack_rows(ev, f"{name}-{tag}", x, y, x_adv, clean, judged[name], seconds)
+                ev.results.append([*rows, ev.row(f"{name}-{tag}", "invalid_images", float((~valid).sum()), len(y))],
+                                  completes=f"{name}-{tag}")
+        for name, parts in worst_cases(judged, tag):
             if not ev.results.finished(ev.run_id, name):
                 ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
     return ev.results.run_rows(ev.run_id)
+
+
+def worst_cases(judged: dict[str, Judged], tag: str) -> list[tuple[str, list[Judged]]]:
+    """The per-image worst cases: over the weights' sweep (``combined``), over the portfolio at its iterations
+    (``worst``: the number that counts) and, where run, with the gradient attacks' iterations and restarts doubled
+    (``worst@2x``: the convergence check). Random noise is the baseline every attack must beat, not a part."""
+    single = {n: j for n, j in judged.items() if not n.endswith(DOUBLED) and n != "noise"}
+    doubled = {n[: -len(DOUBLED)]: j for n, j in judged.items() if n.endswith(DOUBLED)}
+    cases = [(f"combined-{tag}", [j for n, j in single.items() if n.startswith("combined@")]),
+             (f"{WORST}-{tag}", list(single.values()))]
+    if doubled:
+        cases.append((f"{WORST}{DOUBLED}-{tag}", [doubled.get(n, j) for n, j in single.items()]))
+    return cases
 
 
 def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: float, threshold: float,
               scale: float) -> list[tuple[str, Any, dict[str, Any]]]:
     """(name, make(x, y) -> images, what the images depend on) for each attack at ``eps``."""
     norm = np.inf if params.norm == "linf" else 2
-    detector = ev.detector.fitted() if hasattr(ev.detector, "fitted") else _TorchScore(ev.detector)
-    common = {"norm": params.norm, "eps": eps, "iterations": params.iterations, "restarts": params.restarts,
-              "threshold": round(threshold, 6), "scale": round(scale, 6)}
+    detector = DetectorScore(ev.detector, ev.dataset.num_classes)  # its torch_score, as it judges
+    common = {"norm": params.norm, "eps": eps, "threshold": round(threshold, 6), "scale": round(scale, 6)}
 
-    def pgd(mode: str, weight: float = 1.0) -> Any:
-        attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / params.iterations,
-                             max_iter=params.iterations, num_random_init=params.restarts, batch_size=params.batch_size,
-                             verbose=ev.progress, mode=mode, detector=None if mode == "classifier" else detector,  # type: ignore[arg-type]
-                             threshold=threshold, detector_weight=weight, score_scale=scale, seed=ev.seed)
-        return lambda xs, ys: attack.generate(xs, ys)
+    def pgd(mode: str, weight: float = 1.0, factor: int = 1) -> tuple[Any, dict[str, Any]]:
+        iterations, restarts = params.iterations * factor, params.restarts * factor
+        attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / iterations, max_iter=iterations,
+                             num_random_init=restarts, batch_size=params.batch_size, verbose=ev.progress, mode=mode,  # type: ignore[arg-type]
+                             detector=None if mode == "classifier" else detector, threshold=threshold,
+                             detector_weight=weight, score_scale=scale, seed=ev.seed)
+        settings = {**common, "mode": mode, "iterations": iterations, "restarts": restarts,
+                    **({"weight": weight} if mode == "combined" else {})}
+        return (lambda xs, ys: attack.generate(xs, ys)), settings
 
-    attacks = [("pgd", pgd("classifier"), {**common, "mode": "classifier"}),
-               *((f"combined@{w:g}", pgd("combined", w), {**common, "mode": "combined", "weight": w})
-                 for w in _positive_list(params.weights, "weights")),
-               ("orthogonal", pgd("orthogonal"), {**common, "mode": "orthogonal"}),
-               ("selective", pgd("selective"), {**common, "mode": "selective"})]
+    gradient = [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in _positive_list(params.weights, "weights")),
+                ("orthogonal", "orthogonal", 1.0), ("selective", "selective", 1.0)]
+    attacks = [(name, *pgd(mode, weight)) for name, mode, weight in gradient]
     if params.square_iterations:
         square = SquareWithReject(ev.trained.model, detector, threshold=threshold, scale=scale,
                                   input_shape=ev.dataset.input_shape, nb_classes=ev.dataset.num_classes,
@@ -187,24 +256,22 @@ def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: f
                                   restarts=1, batch_size=params.batch_size, verbose=ev.progress, seed=ev.seed,
                                   device=ev.device)
         attacks.append(("square", square.generate, {**common, "square_iterations": params.square_iterations}))
+    attacks.append(("noise", lambda xs, ys: random_noise(xs, params.norm, eps, ev.seed), {**common, "noise": 1}))
+    if params.check_doubling:
+        attacks += [(f"{name}{DOUBLED}", *pgd(mode, weight, factor=2)) for name, mode, weight in gradient]
     return attacks
 
 
-@dataclass(frozen=True)
-class _TorchScore:
-    """A detector plugin's differentiable score in the shape the attacks take (``log_density``)."""
-
-    detector: Any
-
-    @property
-    def num_classes(self) -> int:
-        return 0
-
-    def log_density(self, embeddings: Any, classes: Any) -> Any:
-        return self.detector.torch_score(embeddings, classes)
-
-    def to(self, device: Any) -> _TorchScore:
-        return self
+def random_noise(x: np.ndarray, norm: str, eps: float, seed: int) -> np.ndarray:
+    """Seeded random perturbations at the full budget: the corners of the L-inf ball, or L2 directions of length eps;
+    clipped to [0, 1]."""
+    rng = np.random.default_rng(seed)
+    if norm == "linf":
+        delta = eps * rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=x.shape)
+    else:
+        delta = rng.standard_normal(x.shape).astype(np.float32)
+        delta *= eps / np.linalg.norm(delta.reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
+    return np.clip(x + delta, 0.0, 1.0).astype(np.float32)
 
 
 def attack_rows(ev: Evaluation, name: str, x: np.ndarray, y: np.ndarray, x_adv: np.ndarray,

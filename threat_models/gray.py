@@ -16,6 +16,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pdm_bench.art_adapter import to_art_classifier
+from pdm_bench.checklist import Check, Lookup, falls, fmt, no_higher
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
 from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
@@ -89,6 +90,23 @@ class GrayBox(ThreatModel):
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         figures = (resiliency_figure(index, dataset, preset), flow_figure(index, dataset, preset))
         return [figure for figure in figures if figure is not None]
+
+    def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
+        """Success rises with eps (accuracy falls over the resiliency grid); iterative BIM beats single-step FGSM."""
+        get = Lookup(index, dataset, preset, defense, self.name)
+        curves = {family: [(eps, get(f"{family}-{eps:g}", Metric.ACCURACY)) for eps in RESILIENCY_EPS]
+                  for family in ("fgsm", "bim")}
+        verdicts = [falls(points) for points in curves.values()]
+        measured = [v for v in verdicts if v is not None]
+        shown = "; ".join(f"{family} accuracy " + " -> ".join(fmt(m.value) for _, m in points if m is not None)
+                          for family, points in curves.items() if any(m is not None for _, m in points))
+        rises = Check("success rises with eps", all(measured) if measured else None,
+                      f"{shown} (eps {RESILIENCY_EPS[0]:g} to {RESILIENCY_EPS[-1]:g})" if measured else "")
+        pairs = [(eps, f, b) for (eps, f), (_, b) in zip(curves["fgsm"], curves["bim"]) if f is not None and b is not None]
+        iterative = Check("iterative attacks beat single-step ones", all(no_higher(b, f) for _, f, b in pairs) if pairs else None,
+                          ", ".join(f"eps {eps:g}: BIM {fmt(b.value)} vs FGSM {fmt(f.value)}" for eps, f, b in pairs)
+                          + (" (accuracy under attack)" if pairs else ""))
+        return [rises, iterative]
 
 
 def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend, targeted: bool,

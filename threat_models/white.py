@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from pdm_bench.checklist import Check, Lookup, fmt
 from pdm_bench.detectors import KDEDetector, reference_embeddings
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
@@ -155,3 +156,17 @@ class WhiteBox(ThreatModel):
     def report_figures(self, index: RowIndex, directory: Path, dataset: str, preset: str) -> list[Figure]:
         figure = distortion_figure(index, directory, dataset, preset)
         return [figure] if figure is not None else []
+
+    def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
+        """Plain C&W (unbounded) reaches 100% success; the adaptive attack beats the detector where plain C&W does not."""
+        get = Lookup(index, dataset, preset, defense, self.name)
+        plain, wb = get(CW, Metric.SUCCESS_RATE), get(WB, Metric.SUCCESS_RATE)
+        plain_auc, wb_auc = get(CW, Metric.AUC), get(WB, Metric.AUC)
+        unbounded = Check("an unbounded attack reaches 100% success",
+                          None if plain is None or wb is None else plain.value == 1.0 and wb.value == 1.0,
+                          "" if plain is None or wb is None else f"plain C&W {fmt(plain.value)}, C&W-wb {fmt(wb.value)}")
+        adaptive = Check("the adaptive attack evades where the plain one is detected",
+                         None if plain_auc is None or wb_auc is None else wb_auc.value < plain_auc.value,
+                         "" if plain_auc is None or wb_auc is None else
+                         f"AUC C&W-wb {fmt(wb_auc.value)} vs plain C&W {fmt(plain_auc.value)}")
+        return [unbounded, adaptive]

@@ -115,7 +115,7 @@ def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..
     assert cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report")).code == 0
     with open(tmp_path / "report" / "table5_adaptive_fpr.csv", encoding="utf-8") as handle:
         table = {row["attack"]: row for row in csv.DictReader(handle)}
-    assert list(table)[-1] == "worst-linf-0.3" and "combined@1-linf-0.3" not in table
+    assert list(table)[-2:] == ["worst-linf-0.3", "worst@2x-linf-0.3"] and "combined@1-linf-0.3" not in table
     assert float(table["worst-linf-0.3"]["digits (quick) baseline"]) == pytest.approx(worst, abs=6e-4)
 
 

@@ -1,10 +1,11 @@
 """Adaptive threat model: a portfolio of attacks on the classifier and its detector at fixed L-inf or L2 budgets,
 judged at a fixed false-positive rate (Tramer et al. 2020; Bryniarski et al. 2022).
 
-At each eps: plain PGD on the classifier alone (what the detector adds), PGD on the combined loss at each detector
-weight of the sweep, orthogonal and selective PGD, and Square (gradient-free) on the model with "reject" as a class.
-The detector's threshold rejects 5% of clean calibration images (:meth:`Evaluation.rejection_thresholds`); an
-attack succeeds on an image when the model misclassifies it and the detector lets it pass. Rows per attack, and
+At each eps: plain PGD on the classifier alone (cross-entropy, every step, as ART's: what the detector adds), PGD
+on the combined loss at each detector weight of the sweep, orthogonal and selective PGD, Square (gradient-free) on
+the model with "reject" as a class, and random noise (the baseline every attack must beat). The detector's threshold
+rejects 5% of clean calibration images (:meth:`Evaluation.rejection_thresholds`); an attack succeeds on an image
+when the model misclassifies it and the detector lets it pass. Rows per attack, and
 ``worst-<norm>-<eps>``: per image, the worst case over the whole portfolio (the number that counts).
 """
 
@@ -124,8 +125,9 @@ GRADIENT = ("pgd", "combined", "orthogonal", "selective")
 
 def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
     """At 5% false positives: success rises with eps (the worst case), doubling iterations and restarts moves the
-    worst case by under 1 point, Square (gradient-free) is no stronger than the gradient attacks (else gradients are
-    masked), random noise is weaker than every attack, and no attack's image was invalid."""
+    worst case by under 1 point, Square (gradient-free) is no stronger than the gradient attacks on the same model
+    and detector (combined, orthogonal, selective; else their gradients are masked), random noise is weaker than
+    every attack, and no attack's image was invalid."""
     get = Lookup(index, dataset, preset, defense, Adaptive.name)
     robust = fpr_metric("robust_accuracy", 0.05)
     tags = sorted({n.split("-", 1)[1] for n in adaptive_order(index)}, key=_tag_order)
@@ -140,7 +142,7 @@ def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str)
                         if doubled else None, ", ".join(f"{t}: {fmt(a.value)} -> {fmt(b.value)}" for t, a, b in doubled)))
     masked, noisy, invalid, numbers = [], [], 0.0, {"square": [], "noise": []}
     for t in tags:
-        gradient = [m for k in GRADIENT if (m := get(f"{k}-{t}", robust)) is not None]
+        gradient = [m for k in GRADIENT[1:] if (m := get(f"{k}-{t}", robust)) is not None]  # on model + detector
         square, noise = get(f"square-{t}", robust), get(f"noise-{t}", robust)
         if square is not None and gradient:
             best = min(gradient, key=lambda m: m.value)
@@ -238,11 +240,12 @@ def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: f
 
     def pgd(mode: str, weight: float = 1.0, factor: int = 1) -> tuple[Any, dict[str, Any]]:
         iterations, restarts = params.iterations * factor, params.restarts * factor
+        loss = "cross_entropy" if mode == "classifier" else "margin"  # plain PGD as ART runs it
         attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / iterations, max_iter=iterations,
                              num_random_init=restarts, batch_size=params.batch_size, verbose=ev.progress, mode=mode,  # type: ignore[arg-type]
                              detector=None if mode == "classifier" else detector, threshold=threshold,
-                             detector_weight=weight, score_scale=scale, seed=ev.seed)
-        settings = {**common, "mode": mode, "iterations": iterations, "restarts": restarts,
+                             detector_weight=weight, score_scale=scale, seed=ev.seed, loss=loss)
+        settings = {**common, "mode": mode, "iterations": iterations, "restarts": restarts, "loss": loss,
                     **({"weight": weight} if mode == "combined" else {})}
         return (lambda xs, ys: attack.generate(xs, ys)), settings
 

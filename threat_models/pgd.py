@@ -13,7 +13,9 @@
 An image evades when the model misclassifies it (or, targeted, predicts the target) and the detector's score under
 the predicted class is at least ``threshold``. Each image's result is its best iterate over all steps and random
 starts: evading first, then fooling the model with the highest score, then the last one; images that evade stop
-being computed.
+being computed. Plain PGD (``classifier``) runs every step and returns the last iterate that fools the model, as
+ART's does: stopping at the first one would leave images just past the boundary, where a density detector catches
+them (measured in docs/PERFORMANCE.md).
 """
 
 from __future__ import annotations
@@ -42,22 +44,24 @@ class DetectorPGD(EvasionAttack):
 
     ``detector`` is a differentiable score of the embedding under a class (the KDE's log-density; higher: normal)
     and ``threshold`` its rejection threshold; ``score_scale`` divides the shortfall so that ``detector_weight``
-    means the same for every detector (e.g. the spread of clean scores). ``seed`` seeds the random starts.
+    means the same for every detector (e.g. the spread of clean scores). ``loss``: the classifier term, the C&W
+    margin (default; it stops pulling once the model is fooled) or ART's cross-entropy. ``seed`` seeds the random
+    starts.
     """
 
-    attack_params = EvasionAttack.attack_params + PGD_PARAMS + ["mode", "detector_weight", "threshold", "score_scale"]
+    attack_params = EvasionAttack.attack_params + PGD_PARAMS + ["mode", "detector_weight", "threshold", "score_scale", "loss"]
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
 
     def __init__(self, estimator: Any, norm: int | float | str = np.inf, eps: float = 0.3, eps_step: float = 0.1,
                  max_iter: int = 100, targeted: bool = False, num_random_init: int = 0, batch_size: int = 32,
                  verbose: bool = True, *, mode: Mode = "classifier", detector: DensityScore | None = None,
                  threshold: float = -math.inf, detector_weight: float = 1.0, score_scale: float = 1.0,
-                 seed: int = 0) -> None:
+                 loss: str = "margin", seed: int = 0) -> None:
         super().__init__(estimator=estimator)
         self.norm, self.eps, self.eps_step, self.max_iter = norm, eps, eps_step, max_iter
         self._targeted, self.num_random_init, self.batch_size, self.verbose = targeted, num_random_init, batch_size, verbose
         self.mode, self.detector, self.threshold = mode, detector, threshold
-        self.detector_weight, self.score_scale, self.seed = detector_weight, score_scale, seed
+        self.detector_weight, self.score_scale, self.loss, self.seed = detector_weight, score_scale, loss, seed
         self._check_params()
 
     def _check_params(self) -> None:
@@ -71,6 +75,8 @@ class DetectorPGD(EvasionAttack):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
                 raise ValueError(f"expected an integer {name} >= {lowest}, got {value!r}")
+        if self.loss not in ("margin", "cross_entropy"):
+            raise ValueError(f"expected loss margin or cross_entropy, got {self.loss!r}")
         if self.mode not in MODES:
             raise ValueError(f"expected mode one of {', '.join(MODES)}, got {self.mode!r}")
         if self.mode != "classifier" and self.detector is None:
@@ -100,7 +106,7 @@ class DetectorPGD(EvasionAttack):
         return out
 
     def _outputs(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The margin (<= 0: the goal met), the detector's shortfall under the class aimed at, and that class."""
+        """The margin (<= 0: the goal met), the detector's shortfall under the class aimed at, and the logits."""
         if self.detector is None:
             logits = self._path.logits(x_adv)
         else:
@@ -116,16 +122,20 @@ class DetectorPGD(EvasionAttack):
             aimed = others.argmax(dim=1)
             margin = logits[rows, labels] - others.max(dim=1).values
         if self.detector is None:
-            return margin, torch.zeros_like(margin), aimed
+            return margin, torch.zeros_like(margin), logits
         shortfall = torch.clamp(self.threshold - self.detector.log_density(embedding, aimed), min=0.0) / self.score_scale
-        return margin, shortfall, aimed
+        return margin, shortfall, logits
 
     def _direction(self, x_adv: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The step's direction (descent) at ``x_adv``, and there the margin and the shortfall (detached)."""
         x_adv = x_adv.detach().requires_grad_(True)
-        margin, shortfall, _ = self._outputs(x_adv, labels)
+        margin, shortfall, logits = self._outputs(x_adv, labels)
         fooled = (margin <= 0).detach()  # a tie goes to the attacker
-        fool_loss = torch.clamp(margin, min=0.0).sum()
+        if self.loss == "cross_entropy":  # ART's PGD's loss: descend on the target's, ascend on the true label's
+            sign = 1.0 if self.targeted else -1.0
+            fool_loss = sign * torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        else:
+            fool_loss = torch.clamp(margin, min=0.0).sum()
         if self.mode == "classifier":
             (grad,) = torch.autograd.grad(fool_loss, x_adv)
         elif self.mode == "combined":
@@ -147,13 +157,13 @@ class DetectorPGD(EvasionAttack):
             if self.num_random_init:
                 x_adv = self._clip(x + self._random_start(x, generator), x, low, high)
             for step in range(self.max_iter + 1):
-                todo = torch.nonzero(rank < EVADES).flatten()
+                todo = torch.nonzero(rank < EVADES).flatten() if self.detector is not None else torch.arange(len(x))
                 if not len(todo):
                     break
                 grad, margin, shortfall = self._direction(x_adv[todo], labels[todo])
                 with torch.no_grad():
                     score = _rank(margin, shortfall)
-                    better = score > rank[todo]
+                    better = score > rank[todo] if self.detector is not None else score >= rank[todo]
                     rank[todo[better]] = score[better]
                     best[todo[better]] = x_adv[todo[better]]
                     if step == self.max_iter:

@@ -60,7 +60,13 @@ def test_study_report_has_the_four_tables_from_measured_rows(study: Path) -> Non
         record = read_csv(report / f"{name}.csv")[0]
         assert record["pdm"] != "" and "siamese_rvl" not in record  # measured or "not run", never blank
     tex = (report / "tables.tex").read_text()
-    assert tex.count(r"\begin{tabular}") == 4 and r"\toprule" in tex
+    assert tex.count(r"\begin{tabular}") == 4 + 3 and r"\toprule" in tex  # and the fixed-FPR companions 2b-4b
+    fixed = {r["attack"]: r for r in read_csv(report / "table2b_graybox_fpr.csv")}
+    assert 0.0 <= float(fixed["cw"]["digits (quick) pdm"]) <= 1.0 and fixed["cw"]["digits (quick) pdm TPR 5%"] != ""
+    checks = {(r["defense"], r["threat"], r["item"]): r for r in read_csv(report / "checklist.csv")}
+    assert checks[("pdm", "white", "an unbounded attack reaches 100% success")]["status"] in ("pass", "fail")
+    rising = checks[("pdm", "gray", "success rises with eps")]
+    assert rising["status"] in ("pass", "fail") and "fgsm accuracy" in rising["numbers"]
     steps = read_csv(study / "logs" / "steps.csv")[:4 + 9]  # the first call's steps: what each cost
     assert [s["step"] for s in steps[:5]] == ["train-baseline", "train-rce", "train-pdm", "train-siamese-rvl",
                                               "gray-box-baseline"]
@@ -94,7 +100,8 @@ def test_report_renders_in_headless_chromium(study: Path, tmp_path: Path) -> Non
     page = (study / "report" / "report.html").resolve().as_uri()
     flags = [*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([browser, *flags, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
-    for key in ("table1_accuracy", "table2_graybox_auc", "table3_whitebox_distortion", "table4_blackbox_auc"):
+    for key in ("table1_accuracy", "table2_graybox_auc", "table3_whitebox_distortion", "table4_blackbox_auc",
+                "table2b_graybox_fpr", "checklist"):
         assert f'id="{key}"' in dom
     figures = set(re.findall(r'<figure id="([a-z0-9-]+?)-digits-quick">', dom))
     assert {"resiliency", "tsne", "flow-cw", "bound"} <= figures

@@ -267,14 +267,18 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
                             "model": entry.key, **details})
 
 
-def report(results_dir: str | Path = "pdm-results", *, out: str | Path | None = None) -> list[Path]:
-    """Tables 1-4 (CSV, LaTeX) and report.html from a results directory alone; the paths written."""
+def report(results_dir: str | Path | Sequence[str | Path] = "pdm-results", *, out: str | Path | None = None) -> list[Path]:
+    """The tables (CSV, LaTeX) and report.html from results directories alone (several: one report, e.g. a study per
+    data set side by side); the paths written. ``out`` defaults to the first directory's ``report/``."""
     from pdm_bench.reports.generator import write_report
 
-    results = Path(results_dir)
-    if not results.is_dir():
-        raise UserError(f"Results directory {results} does not exist: pass the --results-dir of your runs")
-    return write_report(results, Path(out) if out is not None else results / "report")
+    directories = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    if not directories:
+        raise UserError("expected at least one --results-dir")
+    for results in directories:
+        if not results.is_dir():
+            raise UserError(f"Results directory {results} does not exist: pass the --results-dir of your runs")
+    return write_report(directories, Path(out) if out is not None else directories[0] / "report")
 
 
 @dataclass

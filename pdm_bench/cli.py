@@ -221,15 +221,16 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
 
 
 @cli.command()
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pdm-results"),
-              show_default=True, help="Where `run` / `paper` wrote results.csv.")
+@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), multiple=True,
+              help="Where `run` / `paper` wrote results.csv [default: pdm-results]; repeat it to put several studies "
+                   "(e.g. MNIST and CIFAR-10) in one report.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder [default: RESULTS_DIR/report].")
-def report(results_dir: Path, out: Path | None) -> None:
+              help="Output folder [default: the first RESULTS_DIR/report].")
+def report(results_dir: tuple[Path, ...], out: Path | None) -> None:
     """Write the paper's Tables 1-4 (CSV, LaTeX) and report.html with its figures, from recorded results only."""
     from pdm_bench import api
 
-    for path in api.report(results_dir, out=out):
+    for path in api.report(list(results_dir) or [Path("pdm-results")], out=out):
         click.echo(f"wrote {path}")
 
 

@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from pdm_bench.errors import UserError
@@ -45,20 +46,26 @@ class Section:
     bound_terms: list[dict[str, Any]]
 
 
-def write_report(results_dir: Path, out: Path) -> list[Path]:
-    """Write the four table CSVs, ``tables.tex`` and ``report.html`` to ``out``; return their paths."""
-    rows = ResultsStore(results_dir).rows()
+def write_report(results_dir: Path | Sequence[Path], out: Path) -> list[Path]:
+    """Write the tables' CSVs, ``tables.tex`` and ``report.html`` to ``out``; return their paths. Several results
+    directories (e.g. one study per data set) make one report: their rows side by side, each data set's figures from
+    the directory that holds its rows."""
+    directories = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(d) for d in results_dir]
+    stores = {directory: ResultsStore(directory).rows() for directory in directories}
+    rows = [row for directory_rows in stores.values() for row in directory_rows]
     if not rows:
-        raise UserError(f"No results in {Path(results_dir) / 'results.csv'}: run `pdm-bench run` or `pdm-bench paper` "
-                        "with --results-dir first")
-    index = RowIndex(rows, read_runs(Path(results_dir)))
+        raise UserError(f"No results in {' or '.join(str(d / 'results.csv') for d in directories)}: run `pdm-bench run` "
+                        "or `pdm-bench paper` with --results-dir first")
+    runs = {run_id: record for directory in directories for run_id, record in read_runs(directory).items()}
+    index = RowIndex(rows, runs)
     threat_models = report_threat_models(rows)
     tables = all_tables(index, threat_models)
     sections = []
     for dataset, preset in index.blocks:
+        home = next(d for d, held in stores.items() if any((r.dataset, r.preset) == (dataset, preset) for r in held))
         bound, terms = bound_figure(index, dataset, preset)
-        figures = [tsne_figure(index, Path(results_dir), dataset, preset), bound,
-                   *(f for threat in threat_models for f in threat.report_figures(index, Path(results_dir), dataset, preset))]
+        figures = [tsne_figure(index, home, dataset, preset), bound,
+                   *(f for threat in threat_models for f in threat.report_figures(index, home, dataset, preset))]
         sections.append(Section(block_name(dataset, preset), [f for f in figures if f is not None], terms))
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -68,9 +75,10 @@ def write_report(results_dir: Path, out: Path) -> list[Path]:
     checks = checklist(index, threat_models)
     if checks["rows"]:
         written.append(atomic_write_text(out / "checklist.csv", checklist_csv(checks)))
+    costs = [(str(d), cost) for d in directories if (cost := study_cost(d)) is not None]
     html = render_html(tables=[html_table(t, index) for t in tables], sections=sections, checklist=checks,
-                       provenance=provenance(index, Path(results_dir)), results_dir=str(results_dir),
-                       cost=study_cost(Path(results_dir)))
+                       provenance=provenance(index, runs), results_dir=", ".join(str(d) for d in directories),
+                       costs=costs)
     written.append(atomic_write_text(out / "report.html", html))
     return written
 
@@ -177,9 +185,9 @@ def checklist_csv(checks: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
-def provenance(index: RowIndex, results_dir: Path) -> dict[str, Any]:
-    """Dataset notes, and for each run the tables and figures use: preset, seed, N, bandwidth, versions, device, commit."""
-    runs = read_runs(results_dir)
+def provenance(index: RowIndex, runs: dict[str, Any]) -> dict[str, Any]:
+    """Dataset notes, and for each run the tables and figures use: preset, seed, N, bandwidth, versions, device,
+    commit; ``runs``: the run records (``runs/<run id>.json``) of the results directories."""
     environments: dict[tuple[str, str, str], int] = {}
     used = []
     for run_id in sorted(index.used_runs, key=lambda r: (index.run_time[r], r)):

@@ -212,3 +212,21 @@ def test_one_defense_trained_per_data_set_is_one_column_and_two_configurations_o
     assert model_labels(rows, runs) == {"m": "pdm", "c": "pdm"}
     rows.append(row("pdm", "model", "clean", "test_accuracy", 0.98, run="m2"))
     assert model_labels(rows, runs) == {"m": "pdm (rvl_weight=0.1)", "m2": "pdm (rvl_weight=0.5)", "c": "pdm"}
+
+
+def test_two_studies_make_one_report_side_by_side(tmp_path: Path, cli) -> None:  # type: ignore[no-untyped-def]
+    """An MNIST and a CIFAR-10 results directory: one Table 1 with both data sets, both studies' costs."""
+    mnist, cifar = tmp_path / "mnist", tmp_path / "cifar"
+    ResultsStore(mnist).append(study_rows())
+    ResultsStore(cifar).append([row("pdm", "model", "clean", "test_accuracy", 0.75, dataset="cifar10-jpeg", run="c"),
+                                row("pdm", "gray", "cw", "auc", 0.9, dataset="cifar10-jpeg", run="cg")])
+    for directory, seconds in ((mnist, "60.0"), (cifar, "7200.0")):
+        (directory / "logs").mkdir()
+        (directory / "logs" / "steps.csv").write_text(f"finished_at,step,status,seconds,jobs\nt,train-pdm,finished,{seconds},1\n")
+    result = cli("report", "--results-dir", str(mnist), "--results-dir", str(cifar), "--out", str(tmp_path / "out"))
+    assert result.code == 0, result.err
+    with open(tmp_path / "out" / "table1_accuracy.csv", encoding="utf-8") as handle:
+        table1 = {r["dataset"]: r for r in csv.DictReader(handle)}
+    assert table1["cifar10-jpeg (quick)"]["pdm"] == "75.00" and table1["mnist (quick)"]["pdm"] == "98.86"
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
+    assert f"Study cost: <code>{cifar}</code>" in html and "7200 s (2.00 h)" in html and "60 s" in html

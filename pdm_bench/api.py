@@ -344,7 +344,7 @@ class Study:
 
     def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
         """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
-        from pdm_bench.study import STEP_TIMES, costliest_first, record_step, run_parallel, study_log_dir
+        from pdm_bench.study import STEP_TIMES, costliest_first, record_step, run_parallel, study_log_dir, visible_gpus
 
         results_dir = Path(self.results_dir)  # type: ignore[arg-type]
         trainings, evaluations = self.steps()
@@ -357,11 +357,13 @@ class Study:
                 step.call()
                 record_step(study_log_dir(results_dir), step, seconds=time.perf_counter() - step_started,
                             status="finished", jobs=1)
-        else:
+        else:  # each step on its own GPU where there are several and the device is not pinned (cuda:N)
+            gpus = visible_gpus() if self.device in ("auto", "cuda") else []
             for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(evaluations))):
                 self.log(f"\n=== {phase}: {len(phase_steps)} steps, {jobs} at a time "
                          f"({time.perf_counter() - started:.0f} s into the study)")
-                failed = run_parallel(phase_steps, jobs=jobs, log_dir=study_log_dir(results_dir), echo=self.log)
+                failed = run_parallel(phase_steps, jobs=jobs, log_dir=study_log_dir(results_dir), echo=self.log,
+                                      gpus=gpus if len(gpus) > 1 else [])
                 if failed:
                     raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} steps failed: {'; '.join(failed)}; "
                                     "fix and rerun the same command to resume")

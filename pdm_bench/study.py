@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,21 +67,63 @@ def threads_per_job(jobs: int) -> int:
     return max(1, cpus // jobs)
 
 
-def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Callable[[str], None]) -> list[str]:
-    """Run ``steps`` as up to ``jobs`` subprocesses at once; return one line per failed step (empty: all passed)."""
+def visible_gpus() -> list[str]:
+    """The GPUs steps may run on: the entries of ``CUDA_VISIBLE_DEVICES`` when set, else every device torch sees."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [entry.strip() for entry in listed.split(",") if entry.strip() and entry.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def gpu_of_slot(slot: int, gpus: Sequence[str]) -> str | None:
+    """The GPU a step in parallel slot ``slot`` runs on: round robin over ``gpus`` (None: no GPU)."""
+    return gpus[slot % len(gpus)] if gpus else None
+
+
+class Slots:
+    """Parallel slots 0..jobs-1: a starting step takes the lowest free one, so the steps running at once hold
+    different slots (and, with as many GPUs as jobs, different GPUs)."""
+
+    def __init__(self, jobs: int) -> None:
+        self._free = list(range(jobs))
+        self._lock = threading.Lock()
+
+    def take(self) -> int:
+        with self._lock:
+            self._free.sort()
+            return self._free.pop(0)
+
+    def give_back(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+
+def run_parallel(steps: Sequence[Step], *, jobs: int, log_dir: Path, echo: Callable[[str], None],
+                 gpus: Sequence[str] = ()) -> list[str]:
+    """Run ``steps`` as up to ``jobs`` subprocesses at once; return one line per failed step (empty: all passed).
+    With ``gpus``, each step sees one of them only (``CUDA_VISIBLE_DEVICES``), by its slot: round robin."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **{name: os.environ.get(name, str(threads_per_job(jobs))) for name in THREAD_VARIABLES}}
+    slots = Slots(jobs)
 
     def run_step(step: Step) -> str | None:
         log = log_dir / f"{step.slug}.log"
         argv = list(step.argv)
+        slot = slots.take()
+        gpu = gpu_of_slot(slot, gpus)
         started = time.perf_counter()
-        echo(f"  started:  {step.title} (log {log})")
-        with open(log, "a", encoding="utf-8") as handle:
-            handle.write(f"\n$ pdm-bench {' '.join(argv)}\n")
-            handle.flush()
-            code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], stdout=handle, stderr=subprocess.STDOUT,
-                                  env=env, check=False).returncode
+        echo(f"  started:  {step.title} (log {log}{'' if gpu is None else f', GPU {gpu}'})")
+        try:
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(f"\n$ pdm-bench {' '.join(argv)}\n")
+                handle.flush()
+                code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], stdout=handle, stderr=subprocess.STDOUT,
+                                      env=env if gpu is None else {**env, "CUDA_VISIBLE_DEVICES": gpu},
+                                      check=False).returncode
+        finally:
+            slots.give_back(slot)
         seconds = time.perf_counter() - started
         if code == 0:
             record_step(log_dir, step, seconds=seconds, status="finished", jobs=jobs)

@@ -29,7 +29,9 @@ BUILTIN_DEFENSES: dict[str, str] = {
     "siamese_rvl": "pdm_bench.defenses.siamese_rvl:SiameseRVL",
     "pdm": "pdm_bench.defenses.pdm:PDM",
 }
-BUILTIN_DETECTORS: dict[str, str] = {"kde": "pdm_bench.detectors:KDEDetector"}
+BUILTIN_DETECTORS: dict[str, str] = {"kde": "pdm_bench.detectors:KDEDetector",
+                                     "mahalanobis": "pdm_bench.embedding_detectors:MahalanobisDetector",
+                                     "lid": "pdm_bench.embedding_detectors:LIDDetector"}
 BUILTIN_THREAT_MODELS: dict[str, str] = {  # the report's order: Tables 2, 3, 4
     "gray": "pdm_bench.threat_models.gray:GrayBox",
     "white": "pdm_bench.threat_models.white:WhiteBox",

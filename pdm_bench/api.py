@@ -295,7 +295,7 @@ class Study:
     preset: str = "quick"
     epochs: int | None = None
     n_samples: int | None = None
-    detector: str = "kde"
+    detector: str = "kde"  # one detector, or several comma-separated: every (defense, detector) pair is evaluated
     threat_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     results_dir: str | Path | None = None
     data_dir: str | Path | None = None
@@ -322,7 +322,11 @@ class Study:
         if unknown := sorted(set(self.threat_options) - set(self.threats)):
             raise UserError(f"threat options for {', '.join(unknown)}, which the study does not run")
         self.threat_models = {t: make_threat(t, self.threat_options.get(t)) for t in self.threats}
-        make_detector(self.detector)
+        self.detectors = [name.strip() for name in self.detector.split(",") if name.strip()]
+        if not self.detectors or len(set(self.detectors)) != len(self.detectors):
+            raise UserError(f"--detectors must name distinct detectors, got '{self.detector}'")
+        for name in self.detectors:
+            make_detector(name)
         if self.results_dir is None:
             self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
 
@@ -336,10 +340,11 @@ class Study:
         trainings = [Step(title(f"train {d}", s), ("train", "--defense", d, "--seed", str(s), *self._shared_argv()),
                           lambda d=d, s=s: self._train(d, s))
                      for s in self.seeds for d in [*self.defenses, *self.train_only]]
-        runs = [Step(title(f"{t} box, {d}", s), ("run", "--threat", t, "--defense", d, "--seed", str(s),
-                                                 *self._shared_argv(), *self._run_argv(t)),
-                     lambda t=t, d=d, s=s: self._evaluate(t, d, s), rank=self.threat_models[t].cost_rank)
-                for s in self.seeds for t in self.threats for d in self.defenses]
+        several = len(self.detectors) > 1
+        runs = [Step(title(f"{t} box, {d}" + (f", {k}" if several else ""), s),
+                     ("run", "--threat", t, "--defense", d, "--seed", str(s), *self._shared_argv(), *self._run_argv(t, k)),
+                     lambda t=t, d=d, s=s, k=k: self._evaluate(t, d, s, k), rank=self.threat_models[t].cost_rank)
+                for s in self.seeds for t in self.threats for k in self.detectors for d in self.defenses]
         return trainings, runs
 
     def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
@@ -380,9 +385,9 @@ class Study:
                 argv += [flag, str(value)]
         return argv
 
-    def _run_argv(self, threat: str) -> list[str]:
+    def _run_argv(self, threat: str, detector: str) -> list[str]:
         """The detector, N, and each option of the threat model that differs from its default (as validated)."""
-        argv = ["--detector", self.detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
+        argv = ["--detector", detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
         params = self.threat_models[threat].params
         defaults = type(params)()
         for name, value in params.as_dict().items():
@@ -395,8 +400,8 @@ class Study:
                      data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device, progress=self.progress,
                      log=self.log, results_dir=self.results_dir, command="python: pdm_bench.Study")
 
-    def _evaluate(self, threat: str, defense: str, seed: int) -> None:
+    def _evaluate(self, threat: str, defense: str, seed: int, detector: str) -> None:
         trained = self._train(defense, seed)
-        run_evaluation(trained, self.threat_models[threat], make_detector(self.detector), Path(self.results_dir),  # type: ignore[arg-type]
+        run_evaluation(trained, self.threat_models[threat], make_detector(detector), Path(self.results_dir),  # type: ignore[arg-type]
                        n_samples=self.n_samples, geometry=True, progress=self.progress, log=self.log,
                        command="python: pdm_bench.Study")

@@ -253,12 +253,14 @@ STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
               "seed; the report gives mean and sd.")
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Steps run at once, as subprocesses with CPUs/JOBS torch threads each, logs in RESULTS_DIR/logs/.")
+@click.option("--detectors", default=None, help="Comma-separated detectors, e.g. kde,mahalanobis,lid (instead of "
+              "--detector): every defense under every threat model against each.")
 @_apply_flags
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
           defenses: str, train_only: str, seeds: str | None, jobs: int, progress: bool | None, detector: str,
           detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
-          threat_option_pairs: tuple[str, ...], **flags: Any) -> None:
+          threat_option_pairs: tuple[str, ...], detectors: str | None, **flags: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
@@ -267,6 +269,8 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
 
     if seeds is not None and click.get_current_context().get_parameter_source("seed") is not click.core.ParameterSource.DEFAULT:
         raise UserError(f"--seed {seed} and --seeds {seeds} both given: use --seeds for several seeds, --seed for one")
+    if detectors is not None and click.get_current_context().get_parameter_source("detector") is not click.core.ParameterSource.DEFAULT:
+        raise UserError(f"--detector {detector} and --detectors {detectors} both given: use --detectors for several")
     chosen = _names(threats)
     registry = threat_model_registry()
     for name in chosen:
@@ -281,7 +285,8 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     options = {name: threat_options(name, given, threat_option_pairs, strict=False) for name in chosen}
     study = api.Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
                       seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
-                      n_samples=n_samples, detector=detector, threat_options={k: v for k, v in options.items() if v},
+                      n_samples=n_samples, detector=detectors if detectors is not None else detector,
+                      threat_options={k: v for k, v in options.items() if v},
                       results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
                       progress=_progress(progress), log=click.echo)
     for path in study.run(jobs=jobs, out=out):

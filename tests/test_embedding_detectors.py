@@ -91,3 +91,24 @@ def test_gray_and_white_box_against_each_detector(name: str, tmp_path: Path, cli
     got = {(r.threat, r.attack, r.metric): r.value for r in rows}
     assert 0.0 <= got[("gray", "fgsm-0.3", "auc")] <= 1.0 and 0.0 <= got[("white", "cw-wb", "success_rate")] <= 1.0
     assert ("gray", "fgsm-0.3", "tpr_at_fpr_5") in got
+
+
+def test_a_study_with_several_detectors_reports_each_pair(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    results = tmp_path / "r"
+    study = cli("paper", "--dataset", "digits", "--epochs", "2", "--defenses", "baseline,pdm", "--train-only", "",
+                "--threats", "gray", "--attacks", "fgsm-0.3", "--no-resiliency", "--n-samples", "20",
+                "--detectors", "kde,mahalanobis", "--no-progress", "--results-dir", str(results))
+    assert study.code == 0, study.err
+    header = (results / "report" / "table2_graybox_auc.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
+    for column in ("baseline", "pdm", "baseline (mahalanobis)", "pdm (mahalanobis)"):
+        assert f"digits (quick) {column}" in header, header
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--detectors", "kde,kde"), "--detectors must name distinct detectors, got 'kde,kde'"),
+    (("--detectors", "kde,mahalanobiss"), "Did you mean: mahalanobis?"),
+    (("--detector", "lid", "--detectors", "kde,lid"), "--detector lid and --detectors kde,lid both given"),
+])
+def test_bad_detector_lists_are_one_line(tmp_path: Path, cli: Callable[..., Any], args: tuple[str, ...], message: str) -> None:
+    result = cli("paper", "--dataset", "digits", *args, "--results-dir", str(tmp_path / "r"))
+    assert result.code == 2 and message in result.err and "Traceback" not in result.err, result.err

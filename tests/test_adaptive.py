@@ -172,3 +172,16 @@ def test_a_detector_that_masks_its_gradients_trips_the_checklist(setup: dict[str
         checks = {c.item: c for c in Adaptive(params).checklist(index, "digits", "quick", column)}
         status[detector.name] = checks["the gradient-free attack is not stronger than the gradient ones"]
     assert status["kde"].passed is True and status["rounded_kde"].passed is False, status
+
+
+def test_pgd_takes_arts_parameters_in_arts_order() -> None:
+    import inspect
+
+    from art.attacks.evasion import ProjectedGradientDescent
+
+    theirs = list(inspect.signature(ProjectedGradientDescent.__init__).parameters.values())[1:]
+    ours = list(inspect.signature(DetectorPGD.__init__).parameters.values())[1:len(theirs) + 1]
+    assert [(p.name, p.default) for p in ours] == [(p.name, p.default) for p in theirs]
+    assert DetectorPGD.attack_params[:len(ProjectedGradientDescent.attack_params)] == ProjectedGradientDescent.attack_params
+    with pytest.raises(ValueError, match="use ART's ProjectedGradientDescent"):
+        DetectorPGD(None, decay=0.9)

@@ -1,5 +1,6 @@
 """PGD against a classifier and its detector, batched in torch, as an ART ``EvasionAttack`` with ART's
-``ProjectedGradientDescent`` parameters first (Madry et al. 2018).
+``ProjectedGradientDescent`` parameters first, in its order (Madry et al. 2018; ``decay``, ``random_eps`` and
+``summary_writer`` only at their defaults).
 
 ``mode`` chooses what the steps follow:
 
@@ -36,7 +37,9 @@ from pdm_bench.threat_models.estimator_paths import estimator_path
 
 Mode = Literal["classifier", "combined", "orthogonal", "selective"]
 MODES: tuple[str, ...] = ("classifier", "combined", "orthogonal", "selective")
-PGD_PARAMS = ["norm", "eps", "eps_step", "max_iter", "targeted", "num_random_init", "batch_size", "verbose"]
+# ProjectedGradientDescent.attack_params of ART 1.20, in its order.
+PGD_PARAMS = ["norm", "eps", "eps_step", "decay", "targeted", "num_random_init", "batch_size", "max_iter", "random_eps",
+              "summary_writer", "verbose"]
 
 
 class DetectorPGD(EvasionAttack):
@@ -53,18 +56,25 @@ class DetectorPGD(EvasionAttack):
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
 
     def __init__(self, estimator: Any, norm: int | float | str = np.inf, eps: float = 0.3, eps_step: float = 0.1,
-                 max_iter: int = 100, targeted: bool = False, num_random_init: int = 0, batch_size: int = 32,
-                 verbose: bool = True, *, mode: Mode = "classifier", detector: DensityScore | None = None,
-                 threshold: float = -math.inf, detector_weight: float = 1.0, score_scale: float = 1.0,
-                 loss: str = "margin", seed: int = 0) -> None:
+                 decay: float | None = None, max_iter: int = 100, targeted: bool = False, num_random_init: int = 0,
+                 batch_size: int = 32, random_eps: bool = False, summary_writer: Any = False, verbose: bool = True, *,
+                 mode: Mode = "classifier", detector: DensityScore | None = None, threshold: float = -math.inf,
+                 detector_weight: float = 1.0, score_scale: float = 1.0, loss: str = "margin", seed: int = 0) -> None:
+        if decay is not None or random_eps or summary_writer:
+            raise ValueError("decay, random_eps and summary_writer (ART's momentum, eps sampling and TensorBoard) are "
+                             "not supported: use ART's ProjectedGradientDescent for them")
         super().__init__(estimator=estimator)
         self.norm, self.eps, self.eps_step, self.max_iter = norm, eps, eps_step, max_iter
         self._targeted, self.num_random_init, self.batch_size, self.verbose = targeted, num_random_init, batch_size, verbose
+        self.decay, self.random_eps = decay, random_eps
         self.mode, self.detector, self.threshold = mode, detector, threshold
         self.detector_weight, self.score_scale, self.loss, self.seed = detector_weight, score_scale, loss, seed
         self._check_params()
 
     def _check_params(self) -> None:
+        if self.decay is not None or self.random_eps:
+            raise ValueError("decay and random_eps (ART's momentum and eps sampling) are not supported: use ART's "
+                             "ProjectedGradientDescent for them")
         if self.norm not in (np.inf, "inf", 2):
             raise ValueError(f"expected norm inf or 2, got {self.norm!r}")
         for name in ("eps", "eps_step", "score_scale"):

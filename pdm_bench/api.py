@@ -303,6 +303,8 @@ class Study:
     device: str = "auto"
     progress: bool = False
     log: Log = print
+    executor: str = "local"  # or "slurm": each step a Slurm job through submitit, with ``slurm``'s resources
+    slurm: Any = None  # pdm_bench.executors.SlurmResources (None: its defaults)
 
     def __post_init__(self) -> None:
         """Check every name and option now, before any training."""
@@ -322,6 +324,13 @@ class Study:
         if unknown := sorted(set(self.threat_options) - set(self.threats)):
             raise UserError(f"threat options for {', '.join(unknown)}, which the study does not run")
         self.threat_models = {t: make_threat(t, self.threat_options.get(t)) for t in self.threats}
+        from pdm_bench.executors import ExecutorName, SlurmResources, import_submitit
+
+        if self.executor not in {e.value for e in ExecutorName}:
+            raise UserError(f"--executor must be local or slurm, got '{self.executor}'")
+        if self.executor == ExecutorName.SLURM.value:
+            import_submitit()  # a missing extra fails now, before any work
+            self.slurm = self.slurm if self.slurm is not None else SlurmResources()
         self.detectors = [name.strip() for name in self.detector.split(",") if name.strip()]
         if not self.detectors or len(set(self.detectors)) != len(self.detectors):
             raise UserError(f"--detectors must name distinct detectors, got '{self.detector}'")
@@ -354,7 +363,9 @@ class Study:
         results_dir = Path(self.results_dir)  # type: ignore[arg-type]
         trainings, evaluations = self.steps()
         started = time.perf_counter()
-        if jobs == 1:
+        if self.executor == "slurm":
+            self._run_jobs(trainings, evaluations, started)
+        elif jobs == 1:
             steps = [*trainings, *evaluations]
             for number, step in enumerate(steps, start=1):
                 self.log(f"\n=== [{number}/{len(steps)}] {step.title} ({time.perf_counter() - started:.0f} s into the study)")
@@ -376,6 +387,20 @@ class Study:
         self.log(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
                  f"Each step's time: {study_log_dir(results_dir) / STEP_TIMES}")
         return written
+
+    def _run_jobs(self, trainings: list[Any], evaluations: list[Any], started: float) -> None:
+        """The trainings as Slurm jobs, then (once every model is there) the attacks, costliest first."""
+        from pdm_bench.executors import run_jobs
+        from pdm_bench.study import costliest_first, study_log_dir
+
+        for phase, phase_steps in (("training", trainings), ("attacks", costliest_first(evaluations))):
+            self.log(f"\n=== {phase}: {len(phase_steps)} steps as Slurm jobs, at most {self.slurm.max_parallel} at once "
+                     f"({time.perf_counter() - started:.0f} s into the study)")
+            failed = run_jobs(phase_steps, resources=self.slurm, log_dir=study_log_dir(Path(self.results_dir)),  # type: ignore[arg-type]
+                              echo=self.log)
+            if failed:
+                raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} jobs failed: {'; '.join(failed)}; fix and "
+                                "rerun the same command: only what is missing is submitted")
 
     def _shared_argv(self) -> list[str]:
         argv = ["--dataset", self.dataset, "--preset", self.preset, "--device", self.device,

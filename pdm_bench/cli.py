@@ -255,12 +255,22 @@ STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
               help="Steps run at once, as subprocesses with CPUs/JOBS torch threads each, logs in RESULTS_DIR/logs/.")
 @click.option("--detectors", default=None, help="Comma-separated detectors, e.g. kde,mahalanobis,lid (instead of "
               "--detector): every defense under every threat model against each.")
+@click.option("--executor", type=click.Choice(["local", "slurm"]), default="local", show_default=True,
+              help="local: here (--jobs); slurm: each step a Slurm job through submitit (pip install 'pdm-bench[slurm]').")
+@click.option("--slurm-partition", default=None, help="slurm: the partition [the cluster's default].")
+@click.option("--slurm-gpus-per-job", type=int, default=None, help="slurm: GPUs per step [1; 0 on a CPU cluster].")
+@click.option("--slurm-cpus-per-job", type=int, default=None, help="slurm: CPUs per step [4].")
+@click.option("--slurm-mem", type=float, default=None, help="slurm: memory per step in GB [16].")
+@click.option("--slurm-time", type=int, default=None, help="slurm: time limit per step in minutes [1440].")
+@click.option("--max-parallel", type=int, default=None, help="slurm: jobs submitted at once [16].")
 @_apply_flags
 def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Path | None, cache_dir: Path | None,
           device: str, results_dir: Path | None, out: Path | None, threats: str, n_samples: int | None,
           defenses: str, train_only: str, seeds: str | None, jobs: int, progress: bool | None, detector: str,
           detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
-          threat_option_pairs: tuple[str, ...], detectors: str | None, **flags: Any) -> None:
+          threat_option_pairs: tuple[str, ...], detectors: str | None, executor: str, slurm_partition: str | None,
+          slurm_gpus_per_job: int | None, slurm_cpus_per_job: int | None, slurm_mem: float | None,
+          slurm_time: int | None, max_parallel: int | None, **flags: Any) -> None:
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
@@ -283,14 +293,36 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     if unused := sorted(f for f in given if not any(f in registry.get(n).flags for n in chosen)):
         raise UserError(f"{', '.join(unused)} applies to none of --threats {threats}")
     options = {name: threat_options(name, given, threat_option_pairs, strict=False) for name in chosen}
+    slurm = slurm_resources(executor, jobs, partition=slurm_partition, gpus_per_job=slurm_gpus_per_job,
+                            cpus_per_job=slurm_cpus_per_job, mem_gb=slurm_mem, time_min=slurm_time,
+                            max_parallel=max_parallel)
     study = api.Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
                       seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
                       n_samples=n_samples, detector=detectors if detectors is not None else detector,
                       threat_options={k: v for k, v in options.items() if v},
                       results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
-                      progress=_progress(progress), log=click.echo)
+                      progress=_progress(progress), log=click.echo, executor=executor, slurm=slurm)
     for path in study.run(jobs=jobs, out=out):
         click.echo(f"wrote {path}")
+
+
+SLURM_FLAGS = {"partition": "--slurm-partition", "gpus_per_job": "--slurm-gpus-per-job", "cpus_per_job": "--slurm-cpus-per-job",
+               "mem_gb": "--slurm-mem", "time_min": "--slurm-time", "max_parallel": "--max-parallel"}
+
+
+def slurm_resources(executor: str, jobs: int, **given: Any) -> Any:
+    """The Slurm resources from the ``--slurm-*`` flags given (the others at their defaults); those flags and
+    ``--jobs`` belong to one executor each."""
+    chosen = {name: value for name, value in given.items() if value is not None}
+    if executor != "slurm":
+        if chosen:
+            raise UserError(f"{', '.join(SLURM_FLAGS[n] for n in chosen)} applies to --executor slurm only")
+        return None
+    if jobs != 1:
+        raise UserError("--jobs runs steps here (--executor local); with --executor slurm use --max-parallel")
+    from pdm_bench.executors import SlurmResources
+
+    return SlurmResources(**chosen)
 
 
 def _names(text: str) -> list[str]:

@@ -1,0 +1,151 @@
+"""Study steps as batch jobs through submitit (the optional extra ``pdm-bench[slurm]``): each step one job running
+``python -m pdm_bench ARGV`` with the step's resources, at most ``max_parallel`` submitted at once.
+
+A job that succeeds leaves a marker under ``RESULTS_DIR/logs/done/`` named after its step and command line, so a
+rerun after a cancelled or failed job, or a dead submitting shell, submits only the steps without one (the steps
+themselves are resumable besides: a resubmitted one redoes nothing that finished). Each job's time goes to
+``logs/steps.csv`` like a local step's; submitit's files (the job's output and error) go to ``logs/slurm/<job id>/``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from pdm_bench.config import config_key
+from pdm_bench.errors import UserError
+from pdm_bench.study import Step, record_step
+
+
+class ExecutorName(str, Enum):
+    """Where a study's steps run: here (in turn, or ``--jobs N`` subprocesses) or as Slurm jobs."""
+
+    LOCAL = "local"
+    SLURM = "slurm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlurmResources:
+    """What each step's job asks for (training and attacks alike; the report is written by the submitting process)."""
+
+    partition: str | None = None
+    gpus_per_job: int = 1
+    cpus_per_job: int = 4
+    mem_gb: float = 16.0
+    time_min: int = 24 * 60
+    max_parallel: int = 16
+
+    def __post_init__(self) -> None:
+        for flag, name, lowest in (("--slurm-gpus-per-job", "gpus_per_job", 0), ("--slurm-cpus-per-job", "cpus_per_job", 1),
+                                   ("--slurm-time", "time_min", 1), ("--max-parallel", "max_parallel", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise UserError(f"{flag} must be an integer >= {lowest}, got {value!r}")
+        if isinstance(self.mem_gb, bool) or not isinstance(self.mem_gb, (int, float)) or not self.mem_gb > 0:
+            raise UserError(f"--slurm-mem must be a positive number of GB, got {self.mem_gb!r}")
+
+    def parameters(self, cluster: str) -> dict[str, Any]:
+        """submitit's ``update_parameters`` for these resources."""
+        chosen: dict[str, Any] = {"timeout_min": self.time_min, "mem_gb": self.mem_gb, "cpus_per_task": self.cpus_per_job}
+        if self.gpus_per_job:
+            chosen["gpus_per_node"] = self.gpus_per_job
+        if self.partition and cluster == "slurm":
+            chosen["slurm_partition"] = self.partition
+        return chosen
+
+
+def run_step_job(argv: list[str], marker: str) -> float:
+    """Inside a job: run the step; on success leave ``marker`` and return the seconds it took."""
+    started = time.perf_counter()
+    code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], check=False).returncode
+    if code != 0:
+        raise RuntimeError(f"pdm-bench {' '.join(argv)} exited with {code}")
+    seconds = time.perf_counter() - started
+    Path(marker).parent.mkdir(parents=True, exist_ok=True)
+    Path(marker).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {seconds:.1f} s\n", encoding="utf-8")
+    return seconds
+
+
+def done_marker(log_dir: Path, step: Step) -> Path:
+    """The file a step's successful job leaves: its slug and a key of its exact command line."""
+    return log_dir / "done" / f"{step.slug}-{config_key({'argv': list(step.argv)})}"
+
+
+def import_submitit() -> Any:
+    try:
+        import submitit
+    except ImportError:
+        raise UserError("--executor slurm needs submitit, which is not installed: pip install 'pdm-bench[slurm]'") from None
+    return submitit
+
+
+def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path, echo: Callable[[str], None],
+             cluster: str = "slurm", poll_seconds: float = 5.0) -> list[str]:
+    """Submit each step without a done marker as one job, ``resources.max_parallel`` at a time, and wait for them;
+    return one line per failed step (its job, state and log). ``cluster="local"``: submitit's local executor (the
+    same jobs as subprocesses, for tests). Ctrl-C says which jobs are still queued or running and how to cancel them."""
+    submitit = import_submitit()
+    if cluster == "slurm" and shutil.which("sbatch") is None:
+        raise UserError("--executor slurm: sbatch is not on PATH (run the study from a Slurm login node, or use --executor local)")
+    queue = []
+    for step in steps:
+        if done_marker(log_dir, step).exists():
+            echo(f"  done earlier: {step.title} (not submitted)")
+        else:
+            queue.append(step)
+    executor = submitit.AutoExecutor(folder=log_dir / "slurm" / "%j", cluster=cluster)
+    executor.update_parameters(**resources.parameters(cluster))
+    running: dict[Any, Step] = {}
+    failures: list[str] = []
+    try:
+        while queue or running:
+            while queue and len(running) < resources.max_parallel:
+                step = queue.pop(0)
+                running[submit(executor, step, log_dir)] = step
+                echo(f"  submitted: {step.title} (job {list(running)[-1].job_id})")
+            finished = [job for job in running if job.done()]
+            for job in finished:
+                failure = collect(job, running.pop(job), log_dir=log_dir, jobs=resources.max_parallel, echo=echo)
+                failures += [failure] if failure else []
+            if not finished:
+                time.sleep(poll_seconds)
+    except KeyboardInterrupt:
+        if running:
+            ids = " ".join(str(job.job_id) for job in running)
+            echo(f"Interrupted: {len(running)} jobs still queued or running ({ids}); they go on unless cancelled: "
+                 f"scancel {ids}")
+        raise
+    return failures
+
+
+def submit(executor: Any, step: Step, log_dir: Path) -> Any:
+    """One step as one job; Slurm's refusal (e.g. an unknown partition) as one line."""
+    executor.update_parameters(name=f"pdm-bench-{step.slug}"[:64])
+    try:
+        return executor.submit(run_step_job, list(step.argv), str(done_marker(log_dir, step)))
+    except subprocess.CalledProcessError as error:
+        said = (error.stderr or error.output or b"")
+        text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), str(error))
+        raise UserError(f"Slurm refused the job of {step.title}: {first[:200]}") from None
+
+
+def collect(job: Any, step: Step, *, log_dir: Path, jobs: int, echo: Callable[[str], None]) -> str | None:
+    """Record a finished job's step (its seconds, or that it failed); the failure's line, or None."""
+    try:
+        seconds = float(job.result())
+    except Exception:  # submitit's UncompletedJobError / FailedJobError: the job died or the step failed
+        state = job.state
+        record_step(log_dir, step, seconds=0.0, status="failed", jobs=jobs)
+        echo(f"  FAILED:   {step.title} (job {job.job_id}, state {state}; log {job.paths.stderr})")
+        return f"{step.title} (job {job.job_id}, state {state}, log {job.paths.stderr})"
+    record_step(log_dir, step, seconds=seconds, status="finished", jobs=jobs)
+    echo(f"  finished: {step.title} in {seconds:.0f} s (job {job.job_id})")
+    return None

@@ -9,6 +9,7 @@ themselves are resumable besides: a resubmitted one redoes nothing that finished
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -92,6 +93,7 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
     return one line per failed step (its job, state and log). ``cluster="local"``: submitit's local executor (the
     same jobs as subprocesses, for tests). Ctrl-C says which jobs are still queued or running and how to cancel them."""
     submitit = import_submitit()
+    logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings on clusters without accounting
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch is not on PATH (run the study from a Slurm login node, or use --executor local)")
     queue = []
@@ -110,9 +112,11 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
                 step = queue.pop(0)
                 running[submit(executor, step, log_dir)] = step
                 echo(f"  submitted: {step.title} (job {list(running)[-1].job_id})")
-            finished = [job for job in running if job.done()]
+            ended = {job: cluster == "slurm" and not job.done() and ended_without_result(job) for job in running}
+            finished = [job for job in running if ended[job] or job.done()]
             for job in finished:
-                failure = collect(job, running.pop(job), log_dir=log_dir, jobs=resources.max_parallel, echo=echo)
+                failure = collect(job, running.pop(job), log_dir=log_dir, jobs=resources.max_parallel, echo=echo,
+                                  result=not ended[job])
                 failures += [failure] if failure else []
             if not finished:
                 time.sleep(poll_seconds)
@@ -137,12 +141,36 @@ def submit(executor: Any, step: Step, log_dir: Path) -> Any:
         raise UserError(f"Slurm refused the job of {step.title}: {first[:200]}") from None
 
 
-def collect(job: Any, step: Step, *, log_dir: Path, jobs: int, echo: Callable[[str], None]) -> str | None:
-    """Record a finished job's step (its seconds, or that it failed); the failure's line, or None."""
+ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def slurm_state(job_id: str) -> str | None:
+    """The job's state as slurmctld has it (``scontrol``: no accounting database needed); None when it is unknown."""
     try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
+                               timeout=30, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return next((field.split("=", 1)[1] for field in shown.split() if field.startswith("JobState=")), None)
+
+
+def ended_without_result(job: Any) -> bool:
+    """A job Slurm ended before it could leave a result (cancelled, timed out, ...). submitit reads job states from
+    the accounting database (``sacct``), which many small clusters run without; ``scontrol`` knows them anyway."""
+    state = slurm_state(job.job_id)
+    return state is not None and state in ENDED
+
+
+def collect(job: Any, step: Step, *, log_dir: Path, jobs: int, echo: Callable[[str], None],
+            result: bool = True) -> str | None:
+    """Record a finished job's step (its seconds, or that it failed); the failure's line, or None. ``result=False``:
+    the job ended without one (do not wait for it)."""
+    try:
+        if not result:
+            raise RuntimeError("ended without a result")
         seconds = float(job.result())
     except Exception:  # submitit's UncompletedJobError / FailedJobError: the job died or the step failed
-        state = job.state
+        state = slurm_state(job.job_id) or job.state
         record_step(log_dir, step, seconds=0.0, status="failed", jobs=jobs)
         echo(f"  FAILED:   {step.title} (job {job.job_id}, state {state}; log {job.paths.stderr})")
         return f"{step.title} (job {job.job_id}, state {state}, log {job.paths.stderr})"

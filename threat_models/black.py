@@ -131,7 +131,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
               kde_points: int = 100, attacker_kde_points: int = 1000, threshold: Threshold = "median",
               confidence: float = 5.0, wb_confidence: float = 0.0, stage1_search_steps: int = 3,
               batch_size: int = 256, progress: bool = False, warm_start: bool = True,
-              carry_rungs: bool = True) -> list[ResultRow]:
+              carry_rungs: bool = False) -> list[ResultRow]:
     """Distil (or reuse) the proxy, attack it with C&W-wb, score the transfer with the target's KDE; return the rows.
 
     Rows: ``cw-wb`` (and ``cw``, plain C&W from the same proxy) with auc (+ auc_low/high: the target's detector),

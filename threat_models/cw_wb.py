@@ -170,7 +170,7 @@ class WhiteAttack:
     stage1_search_steps: int = 3
     batch_size: int = 256
     warm_start: bool = True  # each binary-search step from the image's best so far (CarliniWagnerL2.warm_start)
-    carry_rungs: bool = True  # each rung's C&W-wb from the last rung's images where they hit the target
+    carry_rungs: bool = False  # each rung's C&W-wb from the last rung's images where they hit the target
 
     def params(self) -> dict[str, Any]:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
@@ -357,7 +357,7 @@ class WhiteParams(ThreatParams):
     kde_points: int = 100
     threshold: str = "median"
     warm_start: bool = True
-    carry_rungs: bool = True
+    carry_rungs: bool = False
 
     def __post_init__(self) -> None:
         for name in ("warm_start", "carry_rungs"):

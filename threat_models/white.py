@@ -44,7 +44,7 @@ def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:
 def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE, kde_points: int = 100,
               threshold: Threshold = "median", confidence: float = 5.0, wb_confidence: float = 0.0,
               stage1_search_steps: int = 3, batch_size: int = 256, warm_start: bool = True,
-              carry_rungs: bool = True) -> list[ResultRow]:
+              carry_rungs: bool = False) -> list[ResultRow]:
     """C&W-wb and plain C&W (same seeded targets) on the N sampled test images; return this run's rows.
 
     Rows: ``cw-wb`` and ``cw`` with auc (+ auc_low/high), success_rate, pairs_kept, distortion (mean d), ...;

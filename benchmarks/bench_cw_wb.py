@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -32,7 +31,7 @@ from pdm_bench.inference import embed_and_predict
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 
-from quick_baseline import add_cw_wb_arguments, cw_wb_setup
+from quick_baseline import write_doc_block, add_cw_wb_arguments, cw_wb_setup
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -84,14 +83,8 @@ def main() -> None:
         lines.append(f"| {name} | {seconds:.1f} | {args.images / seconds:.2f} | {seconds / plain_seconds:.2f}x "
                      f"| {success.mean():.3f} | {d.mean():.4f} ({d.mean() - half:.4f}-{d.mean() + half:.4f}) |")
         print(lines[-1], flush=True)
-    command = "python benchmarks/bench_cw_wb.py " + shlex.join(sys.argv[1:])
     tag = f"bench_cw_wb:{data.name}:{device.type}"
-    block = "\n".join([f"<!-- {tag} -->", f"`{command.strip()}`", "", *lines, f"<!-- /{tag} -->"])
-    print(block)
-    text = args.doc.read_text() if args.doc.exists() else "# Performance\n"
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    args.doc.write_text(text)
+    write_doc_block(args.doc, tag, "python benchmarks/bench_cw_wb.py " + shlex.join(sys.argv[1:]), lines)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -28,7 +27,7 @@ from pdm_bench.detectors import reference_embeddings
 from pdm_bench.embedding_detectors import LIDDetector, MahalanobisDetector
 from pdm_bench.inference import embed_and_predict
 
-from quick_baseline import quick_baseline
+from quick_baseline import write_doc_block, quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -43,7 +42,11 @@ def sklearn_mahalanobis(x: np.ndarray, labels: np.ndarray, queries: np.ndarray, 
     classes = np.unique(labels)
     means = np.stack([x[labels == c].mean(axis=0) for c in classes])
     covariance = EmpiricalCovariance(assume_centered=True).fit(x - means[labels])
-    return -np.array([covariance.mahalanobis((q - means[c])[None])[0] for q, c in zip(queries, predicted)])
+    scores = np.empty(len(queries))
+    for c in classes:  # vectorised per predicted class
+        rows = predicted == c
+        scores[rows] = -covariance.mahalanobis(queries[rows] - means[c])
+    return scores
 
 
 def numpy_lid(references: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -84,14 +87,8 @@ def main() -> None:
         lines.append(f"| {detector.name} ({reference}) | {len(x)} | {fit_seconds:.3f} | {score_seconds:.3f} | "
                      f"{their_seconds:.3f} | {gap:.1e} (relative) |")
         print(lines[-1], flush=True)
-    command = "python benchmarks/bench_detectors.py " + shlex.join(sys.argv[1:])
     tag = f"bench_detectors:{data.name}"
-    block = "\n".join([f"<!-- {tag} -->", f"`{command.strip()}`", "", *lines, f"<!-- /{tag} -->"])
-    print(block)
-    text = args.doc.read_text() if args.doc.exists() else "# Performance\n"
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    args.doc.write_text(text)
+    write_doc_block(args.doc, tag, "python benchmarks/bench_detectors.py " + shlex.join(sys.argv[1:]), lines)
 
 
 if __name__ == "__main__":

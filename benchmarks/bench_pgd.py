@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -31,7 +30,7 @@ from pdm_bench.inference import embed_and_predict
 from pdm_bench.metrics import rejection_threshold
 from pdm_bench.threat_models.pgd import DetectorPGD
 
-from quick_baseline import quick_baseline
+from quick_baseline import write_doc_block, quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -81,14 +80,8 @@ def main() -> None:
         evades = fooled & (detector.score(embeddings, predicted).numpy() >= threshold)
         lines.append(f"| {name} | {seconds:.1f} | {args.images / seconds:.1f} | {fooled.mean():.3f} | {evades.mean():.3f} |")
         print(lines[-1], flush=True)
-    command = "python benchmarks/bench_pgd.py " + shlex.join(sys.argv[1:])
     tag = f"bench_pgd:{data.name}:{device.type}"
-    block = "\n".join([f"<!-- {tag} -->", f"`{command.strip()}`", "", *lines, f"<!-- /{tag} -->"])
-    print(block)
-    text = args.doc.read_text() if args.doc.exists() else "# Performance\n"
-    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
-    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    args.doc.write_text(text)
+    write_doc_block(args.doc, tag, "python benchmarks/bench_pgd.py " + shlex.join(sys.argv[1:]), lines)
 
 
 if __name__ == "__main__":

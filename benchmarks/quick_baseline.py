@@ -65,3 +65,17 @@ def cw_wb_setup(args: argparse.Namespace, device: torch.device) -> CwWbSetup:
     targets = attack_targets(data.y_test[index], data.num_classes, 0)
     goal = np.eye(data.num_classes, dtype=np.float32)[targets]
     return CwWbSetup(data, trained, classifier, kde, data.x_test[index], targets, goal)
+
+
+def write_doc_block(doc: Path, tag: str, command: str, lines: list[str]) -> None:
+    """Print ``lines`` under the ``command`` that made them and put them into ``doc`` between ``<!-- tag -->`` markers
+    (replacing what was there, or at the end)."""
+    import re
+
+    block = "\n".join([f"<!-- {tag} -->", f"`{command.strip()}`", "", *lines, f"<!-- /{tag} -->"])
+    print(block)
+    text = doc.read_text() if doc.exists() else "# Performance\n"
+    pattern = re.compile(rf"<!-- {re.escape(tag)} -->.*?<!-- /{re.escape(tag)} -->", re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+

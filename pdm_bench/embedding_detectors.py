@@ -124,7 +124,7 @@ class LIDDetector(Detector):
         """(N,) LID estimate of each embedding (a reference at distance 0, the point itself, is left out)."""
         if self.references is None:
             raise RuntimeError("the LID detector is not fitted yet: call fit() first")
-        distances = torch.cdist(embeddings, self.references.to(embeddings.device), compute_mode="donot_use_mm_for_euclid_dist")
+        distances = torch.cdist(embeddings, self.references.to(embeddings.device))
         distances = torch.where(distances > 1e-12, distances, torch.full_like(distances, math.inf))
         nearest = torch.topk(distances, self.k, dim=1, largest=False).values  # ascending
         ratios = torch.log(nearest / nearest[:, -1:]).mean(dim=1)

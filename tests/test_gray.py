@@ -173,7 +173,7 @@ def test_attack_names_and_eps_validation() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--threat", "grey"], "Error: Unknown threat model 'grey'. Did you mean: gray? Available: black, gray, white"),
+        (["--threat", "grey"], "Error: Unknown threat model 'grey'. Did you mean: gray? Available: adaptive, black, gray, white"),
         (["--threat", "gray", "--attacks", "fgsm,cw"], "Error: Unknown attack 'fgsm'."),
         (["--threat", "gray", "--attacks", "fgsm-2"], "Error: Attack 'fgsm-2': eps must be in (0, 1]"),
         (["--threat", "gray", "--n-samples", "0", "--epochs", "1"], "Error: --n-samples must be between 1 and the test set's size 360 (digits), got 0"),

@@ -15,8 +15,6 @@ and writes it into ``docs/PERFORMANCE.md`` between markers, with the command.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -31,7 +29,7 @@ from pdm_bench.inference import embed_and_predict
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 
-from quick_baseline import write_doc_block, add_cw_wb_arguments, cw_wb_setup
+from quick_baseline import machine_line, write_doc_block, add_cw_wb_arguments, cw_wb_setup
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -58,9 +56,7 @@ def main() -> None:
              for name, subset, log_tau in cases for warm in (False, True)]
     lines = [f"Dataset {data.name}, quick-preset baseline (clean accuracy {100 * trained.test_accuracy:.2f}%), "
              f"{args.images} images, {args.max_iter} Adam steps x {args.search_steps} binary-search steps, "
-             f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-             "at the start.", "",
+             + machine_line(device), "",
              "| attack | seconds | images/s | time vs plain C&W | success | mean d (95% interval) |",
              "|---|---|---|---|---|---|"]
     plain_seconds = float("nan")

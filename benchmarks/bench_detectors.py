@@ -9,8 +9,6 @@ table and writes it into ``docs/PERFORMANCE.md`` between markers, with the comma
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -27,7 +25,7 @@ from pdm_bench.detectors import reference_embeddings
 from pdm_bench.embedding_detectors import LIDDetector, MahalanobisDetector
 from pdm_bench.inference import embed_and_predict
 
-from quick_baseline import write_doc_block, quick_baseline
+from quick_baseline import machine_line, write_doc_block, quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -68,9 +66,7 @@ def main() -> None:
     queries_t, predicted_t = embed_and_predict(trained.model, data.x_test[: args.queries], device=device)
     queries, predicted = queries_t.numpy(), predicted_t.numpy()
     lines = [f"Dataset {data.name}, quick-preset baseline's embeddings ({queries.shape[1]} dimensions), "
-             f"{args.queries} test images scored, device cpu ({platform.processor() or platform.machine()}), torch "
-             f"{torch.__version__}, {torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f} on "
-             f"{os.cpu_count()} CPUs at the start.", "",
+             f"{args.queries} test images scored, " + machine_line(device), "",
              "| detector | reference points | ours: fit s | ours: score s | scikit-learn/numpy: fit+score s | "
              "largest difference |", "|---|---|---|---|---|---|"]
     for detector, reference in ((MahalanobisDetector(), "sklearn EmpiricalCovariance"),

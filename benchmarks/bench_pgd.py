@@ -12,8 +12,6 @@ writes it into ``docs/PERFORMANCE.md`` between markers, with the command.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shlex
 import sys
 import time
@@ -30,7 +28,7 @@ from pdm_bench.inference import embed_and_predict
 from pdm_bench.metrics import rejection_threshold
 from pdm_bench.threat_models.pgd import DetectorPGD
 
-from quick_baseline import write_doc_block, quick_baseline
+from quick_baseline import machine_line, write_doc_block, quick_baseline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "PERFORMANCE.md"
 
@@ -53,8 +51,8 @@ def main() -> None:
     x, y = data.x_test[index], data.y_test[index]
     calibration = data.x_test[calibration_indices(len(data.y_test), index, 0)]
     embeddings, predicted = embed_and_predict(trained.model, calibration, device=device)
-    threshold = rejection_threshold(detector.score(embeddings, predicted).numpy(), 0.05)
-    scale = float(np.std(detector.score(embeddings, predicted).numpy()))
+    clean_scores = detector.score(embeddings, predicted).numpy()
+    threshold, scale = rejection_threshold(clean_scores, 0.05), float(np.std(clean_scores))
     step = 2.5 * args.eps / args.steps
     budget = dict(norm=np.inf, eps=args.eps, eps_step=step, max_iter=args.steps, batch_size=256, verbose=False)
     cases = [("ART ProjectedGradientDescent (cross-entropy)", ProjectedGradientDescent(classifier, **budget)),
@@ -66,9 +64,7 @@ def main() -> None:
               for mode in ("combined", "orthogonal", "selective")]
     lines = [f"Dataset {data.name}, quick-preset baseline (clean accuracy {100 * trained.test_accuracy:.2f}%), "
              f"{args.images} images, L-inf eps {args.eps:g}, {args.steps} steps of {step:.4g}, no random start, "
-             f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
-             "at the start.", "",
+             + machine_line(device), "",
              "| attack | seconds | images/s | fooled | evades the KDE at 5% FPR |", "|---|---|---|---|---|"]
     for name, attack in cases:
         print(f"{name}: {args.images} images ...", flush=True)

@@ -79,3 +79,13 @@ def write_doc_block(doc: Path, tag: str, command: str, lines: list[str]) -> None
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
 
+
+def machine_line(device: torch.device) -> str:
+    """Where a benchmark ran, for its table's heading: device, CPU, torch, threads and the load at the start."""
+    import os
+    import platform
+
+    return (f"device {device} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, 1-min load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs "
+            "at the start.")
+

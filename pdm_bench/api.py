@@ -240,8 +240,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
                **detector.fitted_values(), **threat.params.as_dict()}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
            run_ids={r.run_id for r in rows} | {entry.key}, progress=progress)
-    title = f"{threat.name.capitalize()}-box" if threat.name in ("gray", "white", "black") else f"Threat model '{threat.name}'"
-    log(f"\n{title} results ({entry.defense.name} on {data.name}, N={len(indices)}, "
+    log(f"\n{threat.heading or f'Threat model {threat.name!r}'} results ({entry.defense.name} on {data.name}, N={len(indices)}, "
         f"run {evaluation.run_id}):")
     log(threat.summary(rows))
     log(f"Rows in {store.path}")

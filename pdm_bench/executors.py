@@ -110,10 +110,12 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
         while queue or running:
             while queue and len(running) < resources.max_parallel:
                 step = queue.pop(0)
-                running[submit(executor, step, log_dir)] = step
-                echo(f"  submitted: {step.title} (job {list(running)[-1].job_id})")
-            ended = {job: cluster == "slurm" and not job.done() and ended_without_result(job) for job in running}
-            finished = [job for job in running if ended[job] or job.done()]
+                job = submit(executor, step, log_dir)
+                running[job] = step
+                echo(f"  submitted: {step.title} (job {job.job_id})")
+            done = {job: job.done() for job in running}
+            ended = {job: not done[job] and cluster == "slurm" and ended_without_result(job) for job in running}
+            finished = [job for job in running if done[job] or ended[job]]
             for job in finished:
                 failure = collect(job, running.pop(job), log_dir=log_dir, jobs=resources.max_parallel, echo=echo,
                                   result=not ended[job])

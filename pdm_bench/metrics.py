@@ -113,7 +113,6 @@ def valid_images(x: np.ndarray, x_adv: np.ndarray, *, norm: str | None = None, e
     ok = np.isfinite(flat).all(axis=1) & (flat.min(axis=1, initial=low) >= low - tolerance) & \
         (flat.max(axis=1, initial=high) <= high + tolerance)
     if eps is not None:
-        delta = flat - np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-        size = np.abs(delta).max(axis=1, initial=0.0) if norm == "linf" else np.linalg.norm(delta, axis=1)
+        size = distortions(x, x_adv)["linf" if norm == "linf" else "l2"]
         ok &= size <= eps * (1 + tolerance) + tolerance
     return ok

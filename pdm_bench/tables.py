@@ -252,13 +252,13 @@ def fixed_fpr_table(index: RowIndex, *, key: str, title: str, threat: str, order
     """The companion of a detection table: per attack and column, robust accuracy under detection at 5% false
     positives, with the TPR at 1/5/10% and the clean accuracy lost to rejection; none when nothing was measured."""
     metric = fpr_metric("robust_accuracy", 0.05)
-    if not any(r.threat == threat and r.metric == metric for r in index.rows):
+    present = {r.attack for r in index.rows if r.threat == threat and r.metric == metric}
+    if not present:
         return []
 
     def notes(attack: str) -> tuple[tuple[str, str, str], ...]:
         return (*((f"TPR {round(fpr * 100)}%", attack, fpr_metric("tpr", fpr)) for fpr in FPR_LEVELS),
                 ("clean lost", attack, fpr_metric("clean_lost", 0.05)), ("pairs", attack, Metric.PAIRS_KEPT))
 
-    present = {r.attack for r in index.rows if r.threat == threat and r.metric == metric}
     return [attack_table(index, key=key, title=title, threat=threat, order=[a for a in order if a in present],
                          metric=metric, interval=False, notes=notes)]

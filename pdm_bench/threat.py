@@ -42,6 +42,7 @@ class ThreatModel(ABC):
     params_type: ClassVar[type[ThreatParams]] = ThreatParams
     cost_rank: ClassVar[int] = 50  # a study with --jobs starts the lowest ranks first (the costliest threats)
     attacks_detector: ClassVar[bool] = False  # True: the attack optimises the detector's differentiable score
+    heading: ClassVar[str] = ""  # what the results printed after a run are called (default: "Threat model 'NAME'")
     # Built-in CLI flags this threat model takes (flag -> params field); any field can be set with -t NAME=VALUE.
     flags: ClassVar[Mapping[str, str]] = {}
 

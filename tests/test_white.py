@@ -23,7 +23,7 @@ from pdm_bench.results import ResultsStore, Threat
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.estimator_paths import estimator_path
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
-from pdm_bench.threat_models.cw_wb import Scored, WhiteParams, carried_start, warm_setting
+from pdm_bench.threat_models.cw_wb import Scored, WhiteParams, carried_start, speedup_settings
 from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
 
@@ -181,8 +181,8 @@ def test_the_next_rung_starts_from_the_last_rungs_hits_and_stage_one_elsewhere()
 
 
 def test_the_rung_carry_is_a_checked_setting_that_enters_the_run_id_only_when_on() -> None:
-    assert warm_setting(True, True) == {"warm_start": True, "carry_rungs": True}
-    assert warm_setting(False) == {}  # runs made before either existed keep their ids
+    assert speedup_settings(True, True) == {"warm_start": True, "carry_rungs": True}
+    assert speedup_settings(False) == {}  # runs made before either existed keep their ids
     assert WhiteParams().carry_rungs is False  # off: on the MNIST baseline it raised d beyond the interval
     with pytest.raises(ValueError, match="carry_rungs must be true or false, got 'yes'"):
         WhiteParams(carry_rungs="yes")  # type: ignore[arg-type]

@@ -61,6 +61,9 @@ class AdaptiveParams(ThreatParams):
             if getattr(self, name) < lowest:
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {getattr(self, name)}")
 
+    def detector_weights(self) -> tuple[float, ...]:
+        return _positive_list(self.weights, "weights")
+
     def budgets(self, dataset: str) -> tuple[float, ...]:
         if self.eps is not None:
             return _positive_list(self.eps, "--eps")
@@ -249,7 +252,7 @@ def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: f
                     **({"weight": weight} if mode == "combined" else {})}
         return (lambda xs, ys: attack.generate(xs, ys)), settings
 
-    gradient = [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in _positive_list(params.weights, "weights")),
+    gradient = [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in params.detector_weights()),
                 ("orthogonal", "orthogonal", 1.0), ("selective", "selective", 1.0)]
     attacks = [(name, *pgd(mode, weight)) for name, mode, weight in gradient]
     if params.square_iterations:

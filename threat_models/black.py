@@ -39,7 +39,7 @@ from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, WhiteAttack, WhiteBudget, WhiteParams,
                                            budget_rows, check_schedule, judge_images, mean_or_nan, require_embedding,
-                                           scored_rows, search_budget, start_run, warm_setting)
+                                           scored_rows, search_budget, start_run, speedup_settings)
 from pdm_bench.training import make_optimizer
 
 PROXY_FORMAT_VERSION = 1
@@ -151,7 +151,7 @@ def run_black(ev: Evaluation, *, cache_dir: Path | None = None, proxy_depth: int
     plan = proxy_plan(ev, depth=proxy_depth, epochs=proxy_epochs)
     settings = {"proxy": plan.as_dict(), "kde_points": kde_points, "attacker_kde_points": attacker_kde_points,
                 "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
-                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start, carry_rungs)}
+                "stage1_search_steps": stage1_search_steps, **speedup_settings(warm_start, carry_rungs)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "black", settings, budgets)
     if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.AUC)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
@@ -230,6 +230,7 @@ class BlackBox(ThreatModel):
     name = "black"
     description = "the attacker queries the model's probabilities: a distilled proxy, C&W-wb on it, transferred"
     params_type = BlackParams
+    heading = "Black-box"
     cost_rank = 0
     flags: ClassVar[dict[str, str]] = {**WHITE_FLAGS, "--proxy-depth": "proxy_depth", "--proxy-epochs": "proxy_epochs"}
     params: BlackParams

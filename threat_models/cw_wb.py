@@ -86,7 +86,7 @@ DEFAULT_SCHEDULE: tuple[WhiteBudget, ...] = (
 )
 
 
-def warm_setting(warm_start: bool, carry_rungs: bool = False) -> dict[str, bool]:
+def speedup_settings(warm_start: bool, carry_rungs: bool = False) -> dict[str, bool]:
     """``warm_start`` and ``carry_rungs`` as they enter run ids and image caches: each only when on, so runs made
     before it existed keep theirs."""
     return {**({"warm_start": True} if warm_start else {}), **({"carry_rungs": True} if carry_rungs else {})}
@@ -175,7 +175,7 @@ class WhiteAttack:
     def params(self) -> dict[str, Any]:
         return {"kde_points": self.kde_points, "threshold": self.threshold, "confidence": self.confidence,
                 "wb_confidence": self.wb_confidence, "stage1_search_steps": self.stage1_search_steps,
-                **warm_setting(self.warm_start)}
+                **speedup_settings(self.warm_start)}
 
     def surrogate(self, budget: WhiteBudget, device: torch.device) -> tuple[DensityScore, torch.Tensor | None]:
         """The density term at this budget and its log tau per class (None: the 'clean' threshold)."""

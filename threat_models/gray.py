@@ -65,6 +65,7 @@ class GrayBox(ThreatModel):
     name = Threat.GRAY.value
     description = "the attacker knows the model, not the detector (FGSM, BIM, C&W, C&W-hc, JSMA)"
     params_type = GrayParams
+    heading = "Gray-box"
     cost_rank = 2
     flags: ClassVar[dict[str, str]] = {"--attacks": "attacks", "--attack-backend": "backend", "--targeted": "targeted",
                                        "--resiliency": "resiliency"}
@@ -124,7 +125,7 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
                 "targeted": targeted or spec.family == "jsma"}
 
     def adversarials(spec: AttackSpec) -> tuple[np.ndarray, float]:
-        is_targeted = targeted or spec.family == "jsma"
+        is_targeted = bool(params(spec)["targeted"])
         goal = targets if is_targeted else y
         attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size,
                               verbose=ev.progress)

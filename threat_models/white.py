@@ -29,7 +29,7 @@ from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.figures import distortion_figure
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, Scored, WhiteAttack, WhiteBudget,
                                            WhiteParams, budget_rows, check_schedule, mean_or_nan, require_embedding,
-                                           scored_rows, search_budget, seconds_spent, start_run, warm_setting)
+                                           scored_rows, search_budget, seconds_spent, start_run, speedup_settings)
 
 
 def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:
@@ -58,7 +58,7 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     if isinstance(kde_points, bool) or not isinstance(kde_points, int) or kde_points <= 0:
         raise UserError(f"C&W-wb: expected a positive integer kde_points, got {kde_points!r}")
     settings = {"kde_points": kde_points, "threshold": threshold, "confidence": confidence, "wb_confidence": wb_confidence,
-                "stage1_search_steps": stage1_search_steps, **warm_setting(warm_start, carry_rungs)}
+                "stage1_search_steps": stage1_search_steps, **speedup_settings(warm_start, carry_rungs)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "white", settings, budgets)
     data = ev.dataset
     if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.DISTORTION)):
@@ -128,6 +128,7 @@ class WhiteBox(ThreatModel):
     name = "white"
     description = "the attacker knows the model and the detector: C&W-wb, budget raised until AUC <= 0.5"
     params_type = WhiteParams
+    heading = "White-box"
     cost_rank = 1
     attacks_detector = True
     flags: ClassVar[dict[str, str]] = WHITE_FLAGS

@@ -63,6 +63,12 @@ CASES: list[str] = [
     "paper --defenses ''",
     "paper --defenses pdm --train-only pdm",
     "paper --threats white --attacks cw",
+    "paper --executor pbs",
+    "paper --executor slurm --jobs 2",
+    "paper --executor slurm --slurm-gpus-per-job -2",
+    "paper --executor slurm --slurm-mem 0",
+    "paper --executor slurm --slurm-partition nosuch",
+    "paper --slurm-mem 8",
 ]
 
 
@@ -91,7 +97,8 @@ def main() -> int:
         env.pop("PDM_BENCH_DATA", None)
         lines = ["# Bad input: one line each, no traceback", "",
                  "Made by `python benchmarks/bad_input_table.py` (each command run as `pdm-bench ...` in an empty folder with a",
-                 "fresh cache; no case trains a model). Exit code 2: a usage error.", "",
+                 "fresh cache; no case trains a model). Exit code 2: a usage error. The Slurm cases ran beside the single-node",
+                 "cluster of `.ci/slurm_cluster.sh` (one partition, `debug`) with submitit installed.", "",
                  "| command | exit | message |", "| --- | --- | --- |"]
         failures = []
         for case in CASES:

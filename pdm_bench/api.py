@@ -257,8 +257,8 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
     store = ResultsStore(results_dir)
     record_model(store, data, entry, device=device, geometry=geometry, log=log, progress=progress)
     for run_id in sorted(run_ids or {entry.key}):
-        if run_id == entry.key and run_ids and (store.directory / "runs" / f"{run_id}.json").exists():
-            continue  # the model's own record stays that of the command that first measured it
+        if (store.directory / "runs" / f"{run_id}.json").exists():
+            continue  # a run's record stays that of the command that first measured it (a rerun reuses its rows)
         record_run(store, run_id, command=command, device=device,
                    details={"dataset": data.name, "preset": entry.plan.preset, "seed": entry.plan.seed,
                             "defense": entry.defense.name, "defense_options": entry.defense.options(),

@@ -96,6 +96,8 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
     logging.getLogger("submitit").setLevel(logging.ERROR)  # its sacct warnings on clusters without accounting
     if cluster == "slurm" and shutil.which("sbatch") is None:
         raise UserError("--executor slurm: sbatch is not on PATH (run the study from a Slurm login node, or use --executor local)")
+    if cluster == "slurm" and resources.partition:
+        check_partition(resources.partition)
     queue = []
     for step in steps:
         if done_marker(log_dir, step).exists():
@@ -106,15 +108,18 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
     executor.update_parameters(**resources.parameters(cluster))
     running: dict[Any, Step] = {}
     failures: list[str] = []
+    warned: set[str] = set()
+    refusals = (subprocess.CalledProcessError, submitit.core.utils.FailedJobError)  # sbatch said no
     try:
         while queue or running:
             while queue and len(running) < resources.max_parallel:
                 step = queue.pop(0)
-                job = submit(executor, step, log_dir)
+                job = submit(executor, step, log_dir, refusals=refusals)
                 running[job] = step
                 echo(f"  submitted: {step.title} (job {job.job_id})")
             done = {job: job.done() for job in running}
-            ended = {job: not done[job] and cluster == "slurm" and ended_without_result(job) for job in running}
+            ended = {job: not done[job] and cluster == "slurm" and watch(job, running[job], warned=warned, echo=echo)
+                     for job in running}
             finished = [job for job in running if done[job] or ended[job]]
             for job in finished:
                 failure = collect(job, running.pop(job), log_dir=log_dir, jobs=resources.max_parallel, echo=echo,
@@ -131,13 +136,25 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
     return failures
 
 
-def submit(executor: Any, step: Step, log_dir: Path) -> Any:
-    """One step as one job; Slurm's refusal (e.g. an unknown partition) as one line."""
+def check_partition(partition: str) -> None:
+    """An unknown ``--slurm-partition`` as one line naming the cluster's partitions, before anything is submitted
+    (when ``sinfo`` cannot say, sbatch's own refusal is the message)."""
+    try:
+        shown = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return
+    known = [name.strip().rstrip("*") for name in shown.stdout.split()]
+    if shown.returncode == 0 and known and partition not in known:
+        raise UserError(f"--slurm-partition {partition!r} is not a partition of this cluster; it has: {', '.join(known)}")
+
+
+def submit(executor: Any, step: Step, log_dir: Path, *, refusals: tuple[type[Exception], ...]) -> Any:
+    """One step as one job; Slurm's refusal (an account, QOS or option it does not accept) as one line."""
     executor.update_parameters(name=f"pdm-bench-{step.slug}"[:64])
     try:
         return executor.submit(run_step_job, list(step.argv), str(done_marker(log_dir, step)))
-    except subprocess.CalledProcessError as error:
-        said = (error.stderr or error.output or b"")
+    except refusals as error:
+        said = getattr(error, "stderr", None) or getattr(error, "output", None) or str(error)
         text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)
         first = next((line.strip() for line in text.splitlines() if line.strip()), str(error))
         raise UserError(f"Slurm refused the job of {step.title}: {first[:200]}") from None
@@ -146,21 +163,36 @@ def submit(executor: Any, step: Step, log_dir: Path) -> Any:
 ENDED = ("CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
 
-def slurm_state(job_id: str) -> str | None:
-    """The job's state as slurmctld has it (``scontrol``: no accounting database needed); None when it is unknown."""
+def slurm_job(job_id: str) -> dict[str, str]:
+    """The job's fields as slurmctld has them (``scontrol``: no accounting database needed); empty when unknown."""
     try:
         shown = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True,
                                timeout=30, check=False).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return next((field.split("=", 1)[1] for field in shown.split() if field.startswith("JobState=")), None)
+        return {}
+    return dict(field.split("=", 1) for field in shown.split() if "=" in field)
 
 
-def ended_without_result(job: Any) -> bool:
-    """A job Slurm ended before it could leave a result (cancelled, timed out, ...). submitit reads job states from
-    the accounting database (``sacct``), which many small clusters run without; ``scontrol`` knows them anyway."""
-    state = slurm_state(job.job_id)
-    return state is not None and state in ENDED
+def slurm_state(job_id: str) -> str | None:
+    """The job's state (CANCELLED, PENDING, ...); None when it is unknown."""
+    return slurm_job(job_id).get("JobState")
+
+
+# Pending reasons a job keeps until someone changes the job or the cluster: it asks for more than the partition has.
+NEVER_STARTS = ("PartitionConfig", "BadConstraints", "PartitionNodeLimit", "PartitionTimeLimit")
+
+
+def watch(job: Any, step: Step, *, warned: set[str], echo: Callable[[str], None]) -> bool:
+    """Whether a job Slurm ended before it could leave a result (cancelled, timed out, ...): submitit reads states
+    from the accounting database (``sacct``), which many small clusters run without. A job that cannot start as
+    asked is named once (it stays queued: an administrator may still change the partition)."""
+    fields = slurm_job(job.job_id)
+    reason = fields.get("Reason", "")
+    if fields.get("JobState") == "PENDING" and reason in NEVER_STARTS and job.job_id not in warned:
+        warned.add(job.job_id)
+        echo(f"  cannot start: {step.title} (job {job.job_id}, pending for {reason}: it asks for more than the "
+             f"partition gives; see --slurm-cpus-per-job, --slurm-mem, --slurm-time; scancel {job.job_id})")
+    return fields.get("JobState") in ENDED
 
 
 def collect(job: Any, step: Step, *, log_dir: Path, jobs: int, echo: Callable[[str], None],

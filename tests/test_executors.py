@@ -86,3 +86,21 @@ def test_no_sbatch_on_path_is_one_line(tmp_path: Path, cli: Callable[..., Any], 
     result = cli("paper", "--dataset", "digits", "--epochs", "1", "--threats", "gray", "--executor", "slurm",
                  "--results-dir", str(tmp_path / "r"))
     assert result.code == 2 and "sbatch is not on PATH" in result.err and "Traceback" not in result.err, result.err
+
+
+def test_sbatch_refusing_a_job_is_one_line(tmp_path: Path) -> None:
+    from submitit.core.utils import FailedJobError
+
+    from pdm_bench.executors import submit
+
+    class Refusing:
+        def update_parameters(self, **_: Any) -> None:
+            pass
+
+        def submit(self, *_: Any) -> None:
+            raise FailedJobError("sbatch: error: Invalid account or account/partition combination specified\n"
+                                 "sbatch: error: Batch job submission failed")
+
+    with pytest.raises(UserError, match=r"^Slurm refused the job of list: sbatch: error: Invalid account or "
+                                        r"account/partition combination specified$"):
+        submit(Refusing(), Step("list", ("list",), lambda: None), tmp_path, refusals=(FailedJobError,))

@@ -76,6 +76,7 @@ def test_study_report_has_the_four_tables_from_measured_rows(study: Path) -> Non
 @pytest.mark.slow
 def test_rerunning_the_study_reuses_everything(study: Path, capsys: pytest.CaptureFixture[str]) -> None:
     before = len(ResultsStore(study).rows())
+    records = {path.name: path.read_text() for path in (study / "runs").glob("*.json")}
     os.environ["PDM_BENCH_CACHE"] = str(study.parent / "cache")
     try:
         assert run([*TINY_GRAY_STUDY, "--results-dir", str(study), "--threats", "gray"]) == 0
@@ -84,6 +85,7 @@ def test_rerunning_the_study_reuses_everything(study: Path, capsys: pytest.Captu
     out = capsys.readouterr().out
     assert out.count("Reusing cached model") == 4 + 3 and "already in" in out and "trained in" not in out
     assert len(ResultsStore(study).rows()) == before
+    assert records and {path.name: path.read_text() for path in (study / "runs").glob("*.json")} == records  # provenance kept
 
 
 def chromium() -> str | None:

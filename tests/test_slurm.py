@@ -67,3 +67,34 @@ def test_the_study_as_slurm_jobs_equals_the_local_one_and_resumes_after_scancel(
     assert rerun.stdout.count("done earlier:") == 3  # two trainings and the baseline's gray box
     for table in TABLES:
         assert (tmp_path / "slurm" / "report" / table).read_text() == (tmp_path / "local" / "report" / table).read_text(), table
+
+
+TINY = ("paper", "--dataset", "digits", "--epochs", "1", "--defenses", "baseline", "--train-only", "", "--threats",
+        "gray", "--attacks", "fgsm-0.1", "--n-samples", "5", "--no-progress", "--executor", "slurm",
+        "--slurm-gpus-per-job", "0")
+
+
+def test_an_unknown_partition_is_one_line_naming_the_clusters_partitions(slurm: None, tmp_path: Path) -> None:
+    known = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, check=True).stdout.split()
+    refused = pdm_bench(*TINY, "--slurm-partition", "nosuch", "--results-dir", str(tmp_path / "r"), cache=tmp_path / "c")
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode == 2 and len(lines) == 1 and "Traceback" not in refused.stderr, refused.stderr
+    assert "'nosuch' is not a partition" in lines[0] and known[0].rstrip("*") in lines[0], lines[0]
+    assert not (tmp_path / "r" / "logs" / "slurm").exists() or not any((tmp_path / "r" / "logs" / "slurm").iterdir())
+
+
+def test_a_job_asking_more_than_the_partition_gives_is_named_and_can_be_cancelled(slurm: None, tmp_path: Path) -> None:
+    env = {**os.environ, "PDM_BENCH_CACHE": str(tmp_path / "c")}
+    study = subprocess.Popen([sys.executable, "-m", "pdm_bench", *TINY, "--slurm-mem", "100000", "--results-dir",
+                              str(tmp_path / "r")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert study.stdout is not None
+    seen = []
+    for line in study.stdout:  # the study waits on its job: read until it names it
+        seen.append(line)
+        if "cannot start:" in line:
+            break
+    warning = seen[-1]
+    assert "pending for PartitionConfig" in warning and "scancel" in warning, "".join(seen)
+    subprocess.run(["scancel", warning.split("scancel ")[1].strip(" )\n")], check=True)
+    _, err = study.communicate(timeout=300)
+    assert study.returncode == 2 and "state CANCELLED" in err and "Traceback" not in err, err

@@ -230,3 +230,28 @@ def test_two_studies_make_one_report_side_by_side(tmp_path: Path, cli) -> None: 
     assert table1["cifar10-jpeg (quick)"]["pdm"] == "75.00" and table1["mnist (quick)"]["pdm"] == "98.86"
     html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert f"Study cost: <code>{cifar}</code>" in html and "7200 s (2.00 h)" in html and "60 s" in html
+
+
+def test_the_detector_summary_takes_the_worst_attack_per_defense_and_detector() -> None:
+    from dataclasses import replace
+
+    from pdm_bench.reports.tables import detector_summary
+
+    ra5 = "robust_accuracy_at_fpr_5"
+    rows = [row(d, "model", "clean", "test_accuracy", 0.99, n=10000, run=d) for d in ("baseline", "pdm")]
+    assert detector_summary(RowIndex(rows)) == []  # one detector (or none): no summary
+    for detector, shift in (("kde", 0.0), ("lid", 0.2)):
+        for defense, base in (("baseline", 0.1), ("pdm", 0.3)):
+            made = [row(defense, "gray", "cw", ra5, base + 0.4 + shift, run=f"{defense}-g-{detector}"),
+                    row(defense, "gray", "fgsm-0.1", ra5, base + 0.5 + shift, run=f"{defense}-g-{detector}"),
+                    row(defense, "white", "cw-wb", ra5, base + shift, run=f"{defense}-w-{detector}"),
+                    row(defense, "white", "cw-wb", "distortion", 0.08 + shift, run=f"{defense}-w-{detector}")]
+            rows += [replace(r, detector=detector) for r in made]
+    [table] = detector_summary(RowIndex(rows))
+    assert table.rows == ["baseline", "pdm"] and table.columns == [("mnist (quick)", "kde"), ("mnist (quick)", "lid")]
+    cell = table.cell("pdm", ("mnist (quick)", "lid"))
+    assert cell.value == pytest.approx(0.5) and cell.flag == "worst: white cw-wb"
+    assert cell.notes == {"attacks": 3.0, "white-box d": pytest.approx(0.28)}
+    assert cell.best and not table.cell("pdm", ("mnist (quick)", "kde")).best  # per defense, its best detector
+    text = to_csv(table)
+    assert "mnist (quick) kde white-box d" in text.splitlines()[0] and "worst: white cw-wb" in text

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import sys
 import time
@@ -57,13 +58,19 @@ def batch_seconds(preset: str, dataset: str, device: torch.device, repeats: int)
     return (time.perf_counter() - started) / repeats, counter.get_total_flops() / plan.batch_size / 1e9
 
 
-def measured_steps(study: Path) -> dict[str, float]:
-    """Each step's seconds: its latest finished run that did real work (over 30 s; a rerun that reused it is not)."""
+def measured_steps(study: Path, cache: Path) -> dict[str, float]:
+    """Each step's seconds: its latest finished run that did real work (over 30 s; a rerun that reused it is not);
+    a training's from its model's epoch times instead, where the cache has them (a training resumed in pieces)."""
     found: dict[str, float] = {}
     with open(study / "logs" / "steps.csv", newline="") as handle:
         for row in csv.DictReader(handle):
             if row["status"] == "finished" and float(row["seconds"]) > 30:
                 found[row["step"]] = float(row["seconds"])
+    for meta in sorted(cache.glob("models/*-quick-s0-*/meta.json")):
+        history = json.loads(meta.read_text()).get("history", [])
+        defense = meta.parent.name.split("-quick-s0-")[0].rsplit("-", 1)[-1].replace("_", "-")
+        if history and all("seconds" in epoch for epoch in history):
+            found[f"train-{defense}"] = sum(epoch["seconds"] for epoch in history)
     if not found:
         sys.exit(f"{study}/logs/steps.csv holds no finished step over 30 s")
     return found
@@ -73,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", type=Path, required=True, help="a quick study's results directory")
     parser.add_argument("--dataset", choices=sorted(SHAPES), required=True)
+    parser.add_argument("--cache-dir", type=Path, help="the quick study's cache (default STUDY/cache)")
     parser.add_argument("--quick-n", type=int, default=100, help="the quick study's N")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of the quick study's steps")
@@ -95,7 +103,7 @@ def main() -> None:
              f"N {args.quick_n} -> {PRESETS[PresetName.PAPER].attack_samples}.", "",
              "| step | quick, measured (s) | work x model cost | paper scale, estimated (h) |", "| --- | ---: | ---: | ---: |"]
     total = 0.0
-    for step, seconds in sorted(measured_steps(args.study).items()):
+    for step, seconds in sorted(measured_steps(args.study, args.cache_dir or args.study / "cache").items()):
         factor = (epoch_ratio if step.startswith("train-") else n_ratio) * ratio
         total += seconds * factor
         lines.append(f"| {step} | {seconds:.0f} | {factor:.0f} | {seconds * factor / 3600:.1f} |")

@@ -66,11 +66,11 @@ def measured_steps(study: Path, cache: Path) -> dict[str, float]:
         for row in csv.DictReader(handle):
             if row["status"] == "finished" and float(row["seconds"]) > 30:
                 found[row["step"]] = float(row["seconds"])
-    for meta in sorted(cache.glob("models/*-quick-s0-*/meta.json")):
-        history = json.loads(meta.read_text()).get("history", [])
-        defense = meta.parent.name.split("-quick-s0-")[0].rsplit("-", 1)[-1].replace("_", "-")
-        if history and all("seconds" in epoch for epoch in history):
-            found[f"train-{defense}"] = sum(epoch["seconds"] for epoch in history)
+    for meta in sorted(cache.glob("models/*/meta.json")):
+        record = json.loads(meta.read_text())
+        config, history = record.get("config", {}), record.get("history", [])
+        if config.get("plan", {}).get("preset") == "quick" and history and all("seconds" in e for e in history):
+            found[f"train-{config['defense'].replace('_', '-')}"] = sum(epoch["seconds"] for epoch in history)
     if not found:
         sys.exit(f"{study}/logs/steps.csv holds no finished step over 30 s")
     return found
@@ -92,8 +92,7 @@ def main() -> None:
     quick_s, quick_gflop = batch_seconds("quick", args.dataset, torch.device("cpu"), args.repeats)
     paper_s, paper_gflop = batch_seconds("paper", args.dataset, device, args.repeats)
     ratio = paper_s / quick_s
-    family = "cifar10" if args.dataset.startswith("cifar10") else args.dataset
-    epochs = {name: PRESETS[name].epochs_for(family) for name in (PresetName.QUICK, PresetName.PAPER)}
+    epochs = {name: PRESETS[name].epochs_for(args.dataset) for name in (PresetName.QUICK, PresetName.PAPER)}
     epoch_ratio = epochs[PresetName.PAPER] / epochs[PresetName.QUICK]
     n_ratio = PRESETS[PresetName.PAPER].attack_samples / args.quick_n
     lines = [f"Dataset {args.dataset}; quick model {quick_gflop:.3f} GFLOP per image (forward+backward), "

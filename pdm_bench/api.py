@@ -209,6 +209,7 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
         raise UserError("give threat options either to the built threat model or as keywords, not both")
     threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
     chosen = make_detector(detector) if isinstance(detector, str) else detector
+    threat_model.check_detector(chosen)
     return run_evaluation(trained, threat_model, chosen, check_results_dir(results_dir), n_samples=n_samples,
                           geometry=geometry, progress=progress, log=log, command=command)
 
@@ -334,7 +335,9 @@ class Study:
         if not self.detectors or len(set(self.detectors)) != len(self.detectors):
             raise UserError(f"--detectors must name distinct detectors, got '{self.detector}'")
         for name in self.detectors:
-            make_detector(name)
+            chosen = make_detector(name)
+            for threat_model in self.threat_models.values():
+                threat_model.check_detector(chosen)
         if self.results_dir is None:
             self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
 

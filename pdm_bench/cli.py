@@ -211,6 +211,7 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     threat_model = api.make_threat(threat, threat_options(threat, _pop_threat_flags(options), threat_option_pairs,
                                                           strict=True))
     chosen = detector_choice(detector, detector_option_pairs, bandwidth, kde_points)
+    threat_model.check_detector(chosen)
     api.check_results_dir(results_dir)
     config = _resolve(**options)
     api.sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training

@@ -5,6 +5,11 @@ defense), and implements two methods: ``fit(embeddings, labels)`` on clean train
 ``score(embeddings, predicted) -> higher is normal``. A detector that the white and black box can attack also
 implements ``torch_score`` (differentiable in the embeddings; same meaning as ``score``); C&W-wb optimises
 against it. Register one through the entry-point group ``pdm_bench.detectors``.
+
+Two optional extensions: a detector that reads more layers than the embedding returns a view of the model from
+``view`` (:class:`pdm_bench.features.LayerFeatures`: its "embeddings" are then those features), and one trained on
+an attack's examples as well (Ma et al.'s protocol) names the attack in ``head_attack`` and implements ``fit_head``;
+the threat model makes the examples (see ``ThreatModel.fit_detector_head``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from pdm_bench.inference import embed_and_predict
 if TYPE_CHECKING:
     from pdm_bench.data import Dataset
     from pdm_bench.kde import GaussianKDE
+
+Scored = tuple[torch.Tensor, torch.Tensor]  # (embeddings or a view's features (N, D), predicted class (N,))
 
 
 @dataclass(kw_only=True)
@@ -50,6 +57,26 @@ class Detector(ABC):
         """``score``, differentiable in ``embeddings`` and on their device (for adaptive attacks)."""
         raise UserError(f"Detector '{self.name}' has no differentiable score: the white and black box attack it "
                         "through one (set differentiable = True and implement torch_score)")
+
+    def view(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model as this detector reads it: ``model`` itself (its embedding), or a view whose
+        ``embed_and_logits`` gives the features the detector reads (see :mod:`pdm_bench.features`)."""
+        return model
+
+    @property
+    def head_attack(self) -> str | None:
+        """The gray-box attack whose examples train this detector's second stage (None: it has none)."""
+        return None
+
+    @property
+    def head_images(self) -> int:
+        """Held-out clean training images the threat model attacks to train the second stage."""
+        return 0
+
+    def fit_head(self, *, normal: Scored, noisy: Scored, adversarial: Scored) -> str:
+        """Train the second stage on (features, predicted class) of clean, noisy and adversarial images; one line
+        saying what it learnt."""
+        raise NotImplementedError(f"detector '{self.name}' has no second stage to train")
 
     def run_key(self) -> dict[str, Any]:
         """What identifies the fitted detector in a run's id."""
@@ -140,8 +167,10 @@ def reference_embeddings(model: torch.nn.Module, dataset: Dataset, *, per_class:
 
 def fit_detector(detector: Detector, model: torch.nn.Module, dataset: Dataset, *, device: torch.device,
                  seed: int = 0, progress: bool = False) -> Detector:
-    """Fit ``detector`` on ``model``'s reference embeddings (see :func:`reference_embeddings`); ``progress``: bars
-    for the embedding pass and (through ``detector.progress``) for a fit that shows one."""
+    """Fit ``detector`` on the reference embeddings (see :func:`reference_embeddings`) of ``model`` as the detector
+    reads it (:meth:`Detector.view`); ``progress``: bars for the embedding pass and (through ``detector.progress``)
+    for a fit that shows one."""
+    model = detector.view(model)
     embeddings, labels = reference_embeddings(model, dataset, per_class=detector.reference_points, device=device,
                                               seed=seed, progress=progress)
     object.__setattr__(detector, "progress", progress)  # works on a frozen dataclass too

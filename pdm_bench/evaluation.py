@@ -4,7 +4,7 @@ rows and adversarial examples go. Threat models receive an :class:`Evaluation` a
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +67,9 @@ class Evaluation:
 
     def __post_init__(self) -> None:
         self.threat = getattr(self.threat, "value", self.threat)  # a Threat member names its value, as a plugin's name
+        reading = self.detector.view(self.trained.model)  # the model as the detector reads it (the same predictions)
+        if reading is not self.trained.model:
+            self.trained = replace(self.trained, model=reading)
 
     @property
     def run_id(self) -> str:
@@ -84,19 +87,34 @@ class Evaluation:
         embeddings, predictions = embed_and_predict(model, x, device=self.device)
         return predictions.numpy(), self.detector.score(embeddings, predictions).numpy()
 
-    def cached_adversarials(self, attack: str, params: dict[str, Any],
-                            make: Callable[[slice], np.ndarray]) -> tuple[np.ndarray, float]:
+    @property
+    def images_id(self) -> str:
+        """The run id without the detector: what the images of an attack that ignores the detector depend on."""
+        return config_key({"model": self.trained.key, "threat": self.threat, "samples": self.indices.tolist(),
+                           "seed": self.seed, **self.settings})
+
+    def cached_adversarials(self, attack: str, params: dict[str, Any], make: Callable[[slice], np.ndarray], *,
+                            detector_free: bool = False) -> tuple[np.ndarray, float]:
         """Adversarial examples for the run's images, stored under the results directory 200 at a time (see
-        :func:`pdm_bench.storage.chunked_array`), and the seconds spent making them (NaN when all were stored)."""
-        return chunked_array(self._adversarial_path(attack, params), self._adversarial_shape(), make,
-                             chunk_size=self.chunk_size, label=attack, log=self.log, progress=self.progress)
+        :func:`pdm_bench.storage.chunked_array`), and the seconds spent making them (NaN when all were stored).
+        ``detector_free``: the attack ignores the detector, so runs against other detectors share its images."""
+        path = own = self._adversarial_path(attack, params)
+        if detector_free and not (own.exists() or own.with_name(f"{own.stem}.parts").exists()):
+            path = self._adversarial_path(attack, params, shared=True)  # unless begun before images were shared
+        return chunked_array(path, self._adversarial_shape(), make, chunk_size=self.chunk_size, label=attack,
+                             log=self.log, progress=self.progress)
 
-    def stored_adversarials(self, attack: str, params: dict[str, Any]) -> np.ndarray | None:
+    def stored_adversarials(self, attack: str, params: dict[str, Any], *, detector_free: bool = False) -> np.ndarray | None:
         """The images :meth:`cached_adversarials` stored for ``attack`` and ``params``, if all of them are there."""
-        return load_array(self._adversarial_path(attack, params), self._adversarial_shape())
+        paths = [self._adversarial_path(attack, params, shared=True)] if detector_free else []
+        for path in [*paths, self._adversarial_path(attack, params)]:
+            if (stored := load_array(path, self._adversarial_shape())) is not None:
+                return stored
+        return None
 
-    def _adversarial_path(self, attack: str, params: dict[str, Any]) -> Path:
-        key = config_key({"run": self.run_id, "attack": attack, **params})
+    def _adversarial_path(self, attack: str, params: dict[str, Any], *, shared: bool = False) -> Path:
+        key = config_key({"images" if shared else "run": self.images_id if shared else self.run_id, "attack": attack,
+                          **params})
         return self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
 
     def _adversarial_shape(self) -> tuple[int, ...]:

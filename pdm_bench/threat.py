@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pdm_bench.checklist import Check
+    from pdm_bench.detectors import Detector
     from pdm_bench.evaluation import Evaluation
     from pdm_bench.figures import Figure
     from pdm_bench.results import ResultRow
@@ -65,7 +66,23 @@ class ThreatModel(ABC):
         if self.attacks_detector and not evaluation.detector.differentiable:
             raise UserError(f"Threat model '{self.name}' attacks the detector through its differentiable score; "
                             f"detector '{evaluation.detector.name}' has none")
+        self.check_detector(evaluation.detector)
+        if evaluation.detector.head_attack:
+            self.fit_detector_head(evaluation)
         return self.evaluate(evaluation)
+
+    def check_detector(self, detector: Detector) -> None:
+        """Refuse, before any training, a detector this threat model cannot run: by default one with a second stage
+        to train (``head_attack``), which the built-in threat models train and a plugin's does not."""
+        if detector.head_attack:
+            raise UserError(f"Threat model '{self.name}' cannot train detector '{detector.name}' on "
+                            f"head_attack={detector.head_attack}; leave head_attack unset, or use gray, white, black "
+                            "or adaptive")
+
+    def fit_detector_head(self, evaluation: Evaluation) -> None:
+        """Train the detector's second stage on its ``head_attack``'s examples (the built-in threat models share
+        :func:`pdm_bench.threat_models.detector_head.train_head`)."""
+        self.check_detector(evaluation.detector)
 
     @abstractmethod
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:

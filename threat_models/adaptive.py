@@ -25,7 +25,8 @@ from pdm_bench.evaluation import Evaluation
 from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate, valid_images
 from pdm_bench.results import Metric, ResultRow, fpr_metric, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
-from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat import ThreatParams
+from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.cw_wb import DetectorScore
 from pdm_bench.threat_models.pgd import DetectorPGD
 from pdm_bench.threat_models.square import SquareWithReject
@@ -81,7 +82,7 @@ def _positive_list(text: str, name: str) -> tuple[float, ...]:
     return values
 
 
-class Adaptive(ThreatModel):
+class Adaptive(TrainsDetectorHeads):
     """Adaptive attacks on the classifier and the detector at fixed budgets, judged at 5% false positives."""
 
     name = "adaptive"

@@ -34,7 +34,7 @@ from pdm_bench.models import ModelSpec, ResNet, build_model
 from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import ModelEntry
 from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, fixed_fpr_table, per_dataset_table
-from pdm_bench.threat import ThreatModel
+from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, WhiteAttack, WhiteBudget, WhiteParams,
@@ -224,7 +224,7 @@ class BlackParams(WhiteParams):
             raise ValueError(f"--proxy-depth must be of the form 6n+2 (8, 14, 20, 32, ...), got {self.proxy_depth}")
 
 
-class BlackBox(ThreatModel):
+class BlackBox(TrainsDetectorHeads):
     """Black box: C&W-wb on a proxy distilled from the model's probabilities, transferred to the model."""
 
     name = "black"

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from art.estimators.classification import PyTorchClassifier
 
+from pdm_bench.features import LayerFeatures
 from pdm_bench.models import ResNet
 
 
@@ -69,7 +70,8 @@ def frozen_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module
     """A copy of ``model`` for an attack's inner loop: no weight gradients, BatchNorm folded into the convolutions
     (our ResNets) and, on the CPU, channels-last layout. The caller's model is left as it is; outputs agree to float
     rounding (the speed-up is in docs/PERFORMANCE.md)."""
-    frozen = model.with_batch_norm_folded() if isinstance(model, ResNet) else copy.deepcopy(model)
+    foldable = isinstance(model, (ResNet, LayerFeatures))  # a multi-layer detector's view folds the ResNet it wraps
+    frozen = model.with_batch_norm_folded() if foldable else copy.deepcopy(model)
     frozen = frozen.eval().requires_grad_(False)
     return frozen.to(memory_format=torch.channels_last) if device.type == "cpu" else frozen
 

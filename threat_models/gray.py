@@ -22,7 +22,8 @@ from pdm_bench.figures import Figure
 from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
 from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, fpr_metric, value_getter
 from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, attack_table, fixed_fpr_table
-from pdm_bench.threat import ThreatModel, ThreatParams
+from pdm_bench.threat import ThreatParams
+from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.attack_specs import (GRAY_ATTACKS, RESILIENCY_EPS, AttackBackend, AttackSpec, attack_targets,
                                                   build_attack, parse_attack)
 from pdm_bench.threat_models.figures import flow_figure, resiliency_figure
@@ -59,7 +60,7 @@ class GrayParams(ThreatParams):
         return [parse_attack(a.strip()).name for a in str(self.attacks).split(",") if a.strip()]
 
 
-class GrayBox(ThreatModel):
+class GrayBox(TrainsDetectorHeads):
     """Gray box: every attack of ``--attacks`` against the model; the detector is not attacked."""
 
     name = Threat.GRAY.value
@@ -130,12 +131,14 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size,
                               verbose=ev.progress)
         one_hot = np.eye(data.num_classes)[goal]
-        return ev.cached_adversarials(spec.name, params(spec), lambda part: attack.generate(x[part], y=one_hot[part]))
+        return ev.cached_adversarials(spec.name, params(spec), lambda part: attack.generate(x[part], y=one_hot[part]),
+                                      detector_free=True)  # the gray box's attacks ignore the detector
 
     for spec in specs:
         if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, Metric.AUC)):
             ev.log(f"{spec.name}: already in {ev.results.path}, skipped")
-            add_fixed_fpr_rows(ev, spec.name, ev.stored_adversarials(spec.name, params(spec)), y, (clean_pred, clean_score))
+            stored = ev.stored_adversarials(spec.name, params(spec), detector_free=True)
+            add_fixed_fpr_rows(ev, spec.name, stored, y, (clean_pred, clean_score))
             continue
         ev.log(f"{spec.name}: attacking {len(y)} images ...")
         x_adv, seconds = adversarials(spec)

@@ -23,7 +23,7 @@ from pdm_bench.figures import Figure
 from pdm_bench.results import Metric, ResultRow, value_getter
 from pdm_bench.storage import save_array
 from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, fixed_fpr_table, per_dataset_table
-from pdm_bench.threat import ThreatModel
+from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.figures import distortion_figure
@@ -122,7 +122,7 @@ def white_table(rows: list[ResultRow]) -> str:
     return "\n".join(lines)
 
 
-class WhiteBox(ThreatModel):
+class WhiteBox(TrainsDetectorHeads):
     """White box: C&W-wb against the model and the detector, its budget raised until the detector is beaten."""
 
     name = "white"

@@ -237,7 +237,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
     evaluation = Evaluation(data, entry, threat.name, detector, indices, store, device, entry.plan.seed,
                             settings=threat.settings(), log=log, progress=progress)
     rows = threat.run(evaluation)
-    details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.name,
+    details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.label,
                **detector.fitted_values(), **threat.params.as_dict()}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
            run_ids={r.run_id for r in rows} | {entry.key}, progress=progress)

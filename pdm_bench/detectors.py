@@ -45,6 +45,11 @@ class Detector(ABC):
         """Clean training embeddings per class that ``fit`` is given (a seeded choice)."""
         return 1000
 
+    @property
+    def label(self) -> str:
+        """How rows and the report's columns name this detector (its name; a variant may add what sets it apart)."""
+        return self.name
+
     @abstractmethod
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> None:
         """Learn what normal looks like from clean training ``embeddings`` (N, D) with their true ``labels``."""

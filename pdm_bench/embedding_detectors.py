@@ -111,6 +111,15 @@ class LayeredDetector(Detector):
         options = {k: v for k, v in asdict(self).items() if _LAYER_DEFAULTS.get(k, object()) != v}
         return {"detector": self.name, "detector_options": options}  # unchanged ids for the embedding-only default
 
+    @property
+    def label(self) -> str:
+        """``lid`` by default; ``lid[stem+stage1; head fgsm-0.1]`` for a multi-layer variant with a head, so both can
+        be columns of one report."""
+        parts = ["+".join(self.layer_names)] if self.layer_names else []
+        parts += [f"head {self.head_attack}"] if self.head_attack else []
+        parts += [f"input noise {self.input_noise:g}"] if getattr(self, "input_noise", 0.0) else []
+        return f"{self.name}[{'; '.join(parts)}]" if parts else self.name
+
     def describe_layers(self) -> str:
         read = f"layers {', '.join(self.layer_names)} and the embedding" if self.layer_names else "the embedding"
         how = f"a logistic head trained on {self.head_attack}" if self.head_attack else "summed over layers"

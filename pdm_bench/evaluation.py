@@ -80,7 +80,7 @@ class Evaluation:
     def row(self, attack: str, metric: str, value: float, n: int) -> ResultRow:
         plan = self.trained.plan
         return ResultRow(self.dataset.name, plan.preset, plan.seed, self.trained.defense.name, self.threat,
-                         attack, metric, float(value), int(n), self.run_id, now(), self.detector.name)
+                         attack, metric, float(value), int(n), self.run_id, now(), self.detector.label)
 
     def score(self, model: torch.nn.Module, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Predicted class and detector score under it (high = normal) for each input, on ``model``."""

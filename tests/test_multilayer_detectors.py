@@ -86,8 +86,14 @@ def test_lid_with_a_head_trained_on_fgsm_through_the_cli(tmp_path: Path, cli: Ca
     assert "Detector head: " in gray.out and "fooled by fgsm-0.3" in gray.out and "stem " in gray.out, gray.out
     white = cli("run", "--threat", "white", "--cw-iterations", "20", "--cw-search-steps", "2", *common)
     assert white.code == 0, white.err
-    got = {(r.threat, r.attack, r.metric): r.value for r in ResultsStore(results).rows()}
+    rows = ResultsStore(results).rows()
+    assert {r.detector for r in rows if r.threat != "model"} == {"lid[stem+stage1; head fgsm-0.3]"}
+    got = {(r.threat, r.attack, r.metric): r.value for r in rows}
     assert 0.0 <= got[("gray", "bim-0.3", "auc")] <= 1.0 and 0.0 <= got[("white", "cw-wb", "success_rate")] <= 1.0
+    report = cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report"))
+    assert report.code == 0, report.err
+    header = (tmp_path / "report" / "table2_graybox_auc.csv").read_text(encoding="utf-8").splitlines()[0]
+    assert "baseline (lid[stem+stage1; head fgsm-0.3])" in header, header
 
 
 @pytest.mark.parametrize(("option", "message"), [

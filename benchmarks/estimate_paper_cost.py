@@ -139,9 +139,8 @@ def main() -> None:
             ended - timedelta(seconds=seconds) <= proxy_ended <= ended  # else the step reused a proxy made before
         rest = seconds - proxy if inside else seconds
         scaled = proxy * epoch_ratio * proxy_ratio + rest * (epoch_ratio if step.startswith("train-") else n_ratio) * ratio
-        factor = scaled / seconds
         total += scaled
-        lines.append(f"| {step} | {seconds:.0f} | {factor:.0f} | {seconds * factor / 3600:.1f} |")
+        lines.append(f"| {step} | {seconds:.0f} | {scaled / seconds:.0f} | {scaled / 3600:.1f} |")
     lines.append(f"| **all steps** | | | **{total / 3600:.0f}** |")
     command = "python benchmarks/estimate_paper_cost.py " + shlex.join(sys.argv[1:])
     write_doc_block(DOC, f"estimate_paper_cost:{args.dataset}:{device.type}", command, lines)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 from collections.abc import Callable
 
@@ -28,7 +28,8 @@ from pdm_bench.errors import UserError
 from pdm_bench.features import Adjust, LayerFeatures, parse_layers, split_layers
 from pdm_bench.logistic_head import LogisticHead
 
-_LAYER_DEFAULTS = {"layers": "", "head_attack": "", "head_images": 500, "input_noise": 0.0}
+# Options added after run ids existed: left out of the id at their defaults, so the embedding-only ids stay the same
+_ADDED_OPTIONS = ("layers", "head_attack", "head_images", "input_noise")
 
 
 @dataclass(kw_only=True)
@@ -108,7 +109,8 @@ class LayeredDetector(Detector):
         return f"logistic head on {self.head_attack}: weights (standardised scores; + reads as adversarial) {weights}"
 
     def run_key(self) -> dict[str, Any]:
-        options = {k: v for k, v in asdict(self).items() if _LAYER_DEFAULTS.get(k, object()) != v}
+        defaults = {f.name: f.default for f in fields(self) if f.name in _ADDED_OPTIONS}
+        options = {k: v for k, v in asdict(self).items() if k not in defaults or defaults[k] != v}
         return {"detector": self.name, "detector_options": options}  # unchanged ids for the embedding-only default
 
     @property

@@ -98,24 +98,23 @@ class Evaluation:
         """Adversarial examples for the run's images, stored under the results directory 200 at a time (see
         :func:`pdm_bench.storage.chunked_array`), and the seconds spent making them (NaN when all were stored).
         ``detector_free``: the attack ignores the detector, so runs against other detectors share its images."""
-        path = own = self._adversarial_path(attack, params)
-        if detector_free and not (own.exists() or own.with_name(f"{own.stem}.parts").exists()):
-            path = self._adversarial_path(attack, params, shared=True)  # unless begun before images were shared
-        return chunked_array(path, self._adversarial_shape(), make, chunk_size=self.chunk_size, label=attack,
-                             log=self.log, progress=self.progress)
+        return chunked_array(self._adversarial_path(attack, params, detector_free), self._adversarial_shape(), make,
+                             chunk_size=self.chunk_size, label=attack, log=self.log, progress=self.progress)
 
     def stored_adversarials(self, attack: str, params: dict[str, Any], *, detector_free: bool = False) -> np.ndarray | None:
         """The images :meth:`cached_adversarials` stored for ``attack`` and ``params``, if all of them are there."""
-        paths = [self._adversarial_path(attack, params, shared=True)] if detector_free else []
-        for path in [*paths, self._adversarial_path(attack, params)]:
-            if (stored := load_array(path, self._adversarial_shape())) is not None:
-                return stored
-        return None
+        return load_array(self._adversarial_path(attack, params, detector_free), self._adversarial_shape())
 
-    def _adversarial_path(self, attack: str, params: dict[str, Any], *, shared: bool = False) -> Path:
-        key = config_key({"images" if shared else "run": self.images_id if shared else self.run_id, "attack": attack,
-                          **params})
-        return self.results.directory / "adversarial" / f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{key}.npy"
+    def _adversarial_path(self, attack: str, params: dict[str, Any], detector_free: bool) -> Path:
+        """This run's own file, or for ``detector_free`` attacks the file every detector's run shares (unless this
+        run began its own before images were shared)."""
+        def path(key: dict[str, Any]) -> Path:
+            name = f"{self.dataset.name.replace('/', '_')[-40:]}-{attack}-{config_key({**key, 'attack': attack, **params})}"
+            return self.results.directory / "adversarial" / f"{name}.npy"
+
+        own = path({"run": self.run_id})
+        begun = own.exists() or own.with_name(f"{own.stem}.parts").exists()
+        return path({"images": self.images_id}) if detector_free and not begun else own
 
     def _adversarial_shape(self) -> tuple[int, ...]:
         return (len(self.indices), *self.dataset.input_shape)

@@ -81,8 +81,9 @@ class ThreatModel(ABC):
 
     def fit_detector_head(self, evaluation: Evaluation) -> None:
         """Train the detector's second stage on its ``head_attack``'s examples (the built-in threat models share
-        :func:`pdm_bench.threat_models.detector_head.train_head`)."""
-        self.check_detector(evaluation.detector)
+        :func:`pdm_bench.threat_models.detector_head.train_head`); a threat model whose ``check_detector`` accepts
+        such a detector implements it."""
+        raise NotImplementedError(f"threat model '{self.name}' accepts head_attack but does not train the head")
 
     @abstractmethod
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:

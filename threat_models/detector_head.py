@@ -48,20 +48,17 @@ def train_head(ev: Evaluation) -> None:
     x_adv = attack.generate(x, y=np.eye(data.num_classes)[goal]).astype(np.float32)
     clean = embed_and_predict(model, x, device=ev.device)
     adversarial = embed_and_predict(model, x_adv, device=ev.device)
-    keep = torch.from_numpy((clean[1].numpy() == y) & (adversarial[1].numpy() != y))
-    if int(keep.sum()) < 2:
-        raise_too_few(ev, int(keep.sum()), len(y))
-    noisy = embed_and_predict(model, same_size_noise(x[keep.numpy()], x_adv[keep.numpy()], ev.seed), device=ev.device)
+    fooled = (clean[1].numpy() == y) & (adversarial[1].numpy() != y)
+    if fooled.sum() < 2:
+        raise UserError(f"Detector '{detector.name}': head_attack={detector.head_attack} fooled {fooled.sum()} of "
+                        f"{len(y)} held-out training images, too few to train its head on; choose a stronger attack "
+                        "(e.g. bim-0.1) or more head_images")
+    keep = torch.from_numpy(fooled)
+    noisy = embed_and_predict(model, same_size_noise(x[fooled], x_adv[fooled], ev.seed), device=ev.device)
     said = detector.fit_head(normal=(clean[0][keep], clean[1][keep]), noisy=noisy,
                              adversarial=(adversarial[0][keep], adversarial[1][keep]))
-    ev.log(f"Detector head: {int(keep.sum())} of {len(y)} held-out training images fooled by {spec.name}, each with "
+    ev.log(f"Detector head: {fooled.sum()} of {len(y)} held-out training images fooled by {spec.name}, each with "
            f"a clean and a noisy copy; {said}")
-
-
-def raise_too_few(ev: Evaluation, fooled: int, tried: int) -> None:
-    raise UserError(f"Detector '{ev.detector.name}': head_attack={ev.detector.head_attack} fooled {fooled} of {tried} "
-                    "held-out training images, too few to train its head on; choose a stronger attack (e.g. "
-                    "bim-0.1) or more head_images")
 
 
 class TrainsDetectorHeads(ThreatModel):

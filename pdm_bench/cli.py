@@ -127,6 +127,8 @@ THREAT_FLAG_SPECS: dict[str, dict[str, Any]] = {
     "--wb-kde-points": {"type": int, "help": "white/black: kernel points per class of the attacker's KDE [100]."},
     "--wb-threshold": {"type": click.Choice(["median", "clean"]),
                        "help": "white/black: density to reach: the target class's median (Pang) or the clean image's (Carlini)."},
+    "--wb-confidence": {"type": float, "help": "white/black: C&W-wb's margin over the target in its density stage [0]; "
+                                              "higher transfers better to another model."},
     "--proxy-depth": {"type": int, "help": "black: the proxy ResNet's depth 6n+2 [quick 8, paper 32]."},
     "--proxy-epochs": {"type": int, "help": "black: distillation epochs [the target's]."},
     "--norm": {"type": click.Choice(["linf", "l2"]), "help": "adaptive: the budget's norm [linf]."},

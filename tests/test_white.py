@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,18 @@ def test_the_rung_carry_is_a_checked_setting_that_enters_the_run_id_only_when_on
     assert WhiteParams().carry_rungs is False  # off: on the MNIST baseline it raised d beyond the interval
     with pytest.raises(ValueError, match="carry_rungs must be true or false, got 'yes'"):
         WhiteParams(carry_rungs="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("threat, runner", [("white", "run_white"), ("black", "run_black")])
+def test_the_stage_confidences_are_checked_options_passed_to_the_attack(threat: str, runner: str, monkeypatch) -> None:
+    import importlib
+
+    from pdm_bench.api import make_threat
+
+    with pytest.raises(UserError, match="--wb-confidence must be a number >= 0, got -1"):
+        make_threat(threat, {"wb_confidence": -1})
+    module = importlib.import_module(f"pdm_bench.threat_models.{threat}")
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(module, runner, lambda ev, **kw: seen.update(kw) or [])
+    make_threat(threat, {"wb_confidence": 20}).evaluate(SimpleNamespace(progress=None))  # type: ignore[arg-type]
+    assert (seen["wb_confidence"], seen["confidence"]) == (20.0, 5.0)  # both reach the attack's settings (the run id)

@@ -348,7 +348,9 @@ def start_run(ev: Evaluation, threat: str, settings: dict[str, Any], budgets: Se
 @dataclass(frozen=True, kw_only=True)
 class WhiteParams(ThreatParams):
     """C&W-wb's budget: unset, the schedule of ``DEFAULT_SCHEDULE``; any of the first four set, one fixed budget
-    (the others from the schedule's first rung). ``kde_points``: the attacker's kernel points per class."""
+    (the others from the schedule's first rung). ``kde_points``: the attacker's kernel points per class;
+    ``confidence``: stage 1's margin over the target; ``wb_confidence``: stage 2's (Carlini's kappa; a higher one
+    trades distortion for transfer to another model)."""
 
     max_iter: int | None = None
     binary_search_steps: int | None = None
@@ -356,6 +358,8 @@ class WhiteParams(ThreatParams):
     learning_rate: float | None = None
     kde_points: int = 100
     threshold: str = "median"
+    confidence: float = 5.0
+    wb_confidence: float = 0.0
     warm_start: bool = True
     carry_rungs: bool = False
 
@@ -371,6 +375,10 @@ class WhiteParams(ThreatParams):
             value = getattr(self, name)
             if value is not None and not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{FLAG_OF[name]} must be a positive number, got {value}")
+        for name in ("confidence", "wb_confidence"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{FLAG_OF.get(name, name)} must be a number >= 0, got {value!r}")
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"--wb-threshold must be median or clean, got '{self.threshold}'")
 
@@ -382,5 +390,5 @@ class WhiteParams(ThreatParams):
 
 WHITE_FLAGS = {"--cw-iterations": "max_iter", "--cw-search-steps": "binary_search_steps",
                "--cw-initial-const": "initial_const", "--cw-learning-rate": "learning_rate",
-               "--wb-kde-points": "kde_points", "--wb-threshold": "threshold"}
+               "--wb-kde-points": "kde_points", "--wb-threshold": "threshold", "--wb-confidence": "wb_confidence"}
 FLAG_OF = {field_name: flag for flag, field_name in WHITE_FLAGS.items()}

@@ -104,6 +104,13 @@ def test_an_unreachable_density_returns_the_best_try_not_the_clean_image(parts: 
     with torch.no_grad():
         predicted = trained.model(torch.as_tensor(outputs[True])).argmax(1).numpy()
     assert (predicted == targets).all() and not np.array_equal(outputs[True], x)
+    # a margin out of reach too (--wb-confidence): the best try falls back to the target class at margin 0
+    attack = build_cw_attack(classifier, kde=kde.subset(50, seed=0), log_tau=impossible, confidence=1e4,
+                             max_iter=30, binary_search_steps=1, initial_const=1.0, learning_rate=5e-2)
+    unreachable = attack.generate(x, y=goal, x_init=start)
+    with torch.no_grad():
+        predicted = trained.model(torch.as_tensor(unreachable)).argmax(1).numpy()
+    assert (predicted == targets).all()
 
 
 @pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores

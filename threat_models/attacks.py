@@ -115,11 +115,14 @@ class CarliniWagnerL2(EvasionAttack):
             ).cpu().numpy()
         return out
 
-    def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor) -> torch.Tensor:
-        """cleverhans's ``compare``: the label test with the confidence margin applied, and no penalty left."""
+    def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor,
+                   margin: float | None = None) -> torch.Tensor:
+        """cleverhans's ``compare``: the label test with the confidence margin (``margin``, default the attack's)
+        applied, and no penalty left."""
         adjusted = logits.detach().clone()
         rows = torch.arange(len(labels), device=labels.device)
-        adjusted[rows, labels] += -self.confidence if self.targeted else self.confidence
+        margin = self.confidence if margin is None else margin
+        adjusted[rows, labels] += -margin if self.targeted else margin
         predicted = adjusted.argmax(dim=1)
         hit = predicted == labels if self.targeted else predicted != labels
         return hit & (extra.detach() <= 0)
@@ -139,8 +142,10 @@ class CarliniWagnerL2(EvasionAttack):
         const = torch.full((n,), self.initial_const, dtype=torch.float64, device=x.device)
         best_l2 = torch.full((n,), math.inf, device=x.device)
         best_adv = x.clone()
-        # The best try (``keep_best_try``): label goal met, smallest penalty left, for images never fully successful.
+        # The best try (``keep_best_try``), for images never fully successful: the label goal met with the margin if
+        # any try met it, else at margin 0; among those, the smallest penalty left.
         try_penalty = torch.full((n,), math.inf, device=x.device)
+        try_margin = torch.zeros(n, dtype=torch.bool, device=x.device)
         try_adv = x.clone()
         check_every = max(self.max_iter // 10, 1)
         beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam's defaults in TensorFlow and torch
@@ -183,9 +188,13 @@ class CarliniWagnerL2(EvasionAttack):
                     best_l2[idx[better]] = l2.detach()[better]
                     best_adv[idx[better]] = x_adv.detach()[better]
                     if self.keep_best_try:
-                        hit = self._succeeded(logits, labels[idx], torch.zeros_like(extra)) & go_on
-                        closer = hit & (extra.detach() < try_penalty[idx])
+                        no_penalty = torch.zeros_like(extra)
+                        hit = self._succeeded(logits, labels[idx], no_penalty, margin=0.0) & go_on
+                        with_margin = self._succeeded(logits, labels[idx], no_penalty) & go_on
+                        closer = hit & ((with_margin & ~try_margin[idx])
+                                        | ((with_margin == try_margin[idx]) & (extra.detach() < try_penalty[idx])))
                         try_penalty[idx[closer]] = extra.detach()[closer]
+                        try_margin[idx[closer]] = with_margin[closer]
                         try_adv[idx[closer]] = x_adv.detach()[closer]
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
                 with torch.no_grad():

@@ -209,3 +209,4 @@ def test_the_stage_confidences_are_checked_options_passed_to_the_attack(threat: 
     monkeypatch.setattr(module, runner, lambda ev, **kw: seen.update(kw) or [])
     make_threat(threat, {"wb_confidence": 20}).evaluate(SimpleNamespace(progress=None))  # type: ignore[arg-type]
     assert (seen["wb_confidence"], seen["confidence"]) == (20.0, 5.0)  # both reach the attack's settings (the run id)
+    assert isinstance(seen["wb_confidence"], float)  # 20 from Python and 20.0 from the CLI: one run id

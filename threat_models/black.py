@@ -242,7 +242,7 @@ class BlackBox(TrainsDetectorHeads):
         p = self.params
         return run_black(evaluation, proxy_depth=p.proxy_depth, proxy_epochs=p.proxy_epochs, schedule=p.schedule(),
                          kde_points=p.kde_points, threshold=p.threshold, progress=evaluation.progress,  # type: ignore[arg-type]
-                         confidence=float(p.confidence), wb_confidence=float(p.wb_confidence),
+                         confidence=p.confidence, wb_confidence=p.wb_confidence,
                          warm_start=p.warm_start, carry_rungs=p.carry_rungs)
 
     def summary(self, rows: list[ResultRow]) -> str:

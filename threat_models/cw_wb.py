@@ -379,6 +379,7 @@ class WhiteParams(ThreatParams):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{FLAG_OF.get(name, name)} must be a number >= 0, got {value!r}")
+            object.__setattr__(self, name, float(value))  # 20 and 20.0 are one setting (one run id)
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"--wb-threshold must be median or clean, got '{self.threshold}'")
 

@@ -140,7 +140,7 @@ class WhiteBox(TrainsDetectorHeads):
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
         p = self.params
         return run_white(evaluation, schedule=p.schedule(), kde_points=p.kde_points, threshold=p.threshold,  # type: ignore[arg-type]
-                         confidence=float(p.confidence), wb_confidence=float(p.wb_confidence),
+                         confidence=p.confidence, wb_confidence=p.wb_confidence,
                          warm_start=p.warm_start, carry_rungs=p.carry_rungs)
 
     def summary(self, rows: list[ResultRow]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 from types import SimpleNamespace
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from pdm_bench.api import make_threat
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.config import make_plan
 from pdm_bench.data import load_dataset
@@ -198,10 +200,6 @@ def test_the_rung_carry_is_a_checked_setting_that_enters_the_run_id_only_when_on
 
 @pytest.mark.parametrize("threat, runner", [("white", "run_white"), ("black", "run_black")])
 def test_the_stage_confidences_are_checked_options_passed_to_the_attack(threat: str, runner: str, monkeypatch) -> None:
-    import importlib
-
-    from pdm_bench.api import make_threat
-
     with pytest.raises(UserError, match="--wb-confidence must be a number >= 0, got -1"):
         make_threat(threat, {"wb_confidence": -1})
     module = importlib.import_module(f"pdm_bench.threat_models.{threat}")

@@ -115,17 +115,13 @@ class CarliniWagnerL2(EvasionAttack):
             ).cpu().numpy()
         return out
 
-    def _succeeded(self, logits: torch.Tensor, labels: torch.Tensor, extra: torch.Tensor,
-                   margin: float | None = None) -> torch.Tensor:
-        """cleverhans's ``compare``: the label test with the confidence margin (``margin``, default the attack's)
-        applied, and no penalty left."""
+    def _label_goal(self, logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
+        """cleverhans's ``compare`` without the penalty: the label test with ``margin`` applied."""
         adjusted = logits.detach().clone()
         rows = torch.arange(len(labels), device=labels.device)
-        margin = self.confidence if margin is None else margin
         adjusted[rows, labels] += -margin if self.targeted else margin
         predicted = adjusted.argmax(dim=1)
-        hit = predicted == labels if self.targeted else predicted != labels
-        return hit & (extra.detach() <= 0)
+        return predicted == labels if self.targeted else predicted != labels
 
     def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         clip_min, clip_max = bounds_on(self._bounds, x.device)
@@ -181,20 +177,19 @@ class CarliniWagnerL2(EvasionAttack):
                         go_on = loss.detach() <= previous[idx] * 0.9999
                         running[idx[~go_on]] = False
                         previous[idx] = torch.where(go_on, loss.detach(), previous[idx])
-                    success = self._succeeded(logits, labels[idx], extra) & go_on
+                    met = self._label_goal(logits, labels[idx], self.confidence) & go_on  # the margin met
+                    success = met & (extra.detach() <= 0)
                     self.observe(outer_step, idx, go_on, step_success[idx])
                     step_success[idx] |= success
                     better = success & (l2.detach() < best_l2[idx])
                     best_l2[idx[better]] = l2.detach()[better]
                     best_adv[idx[better]] = x_adv.detach()[better]
                     if self.keep_best_try:
-                        no_penalty = torch.zeros_like(extra)
-                        hit = self._succeeded(logits, labels[idx], no_penalty, margin=0.0) & go_on
-                        with_margin = self._succeeded(logits, labels[idx], no_penalty) & go_on
-                        closer = hit & ((with_margin & ~try_margin[idx])
-                                        | ((with_margin == try_margin[idx]) & (extra.detach() < try_penalty[idx])))
+                        hit = self._label_goal(logits, labels[idx], 0.0) & go_on
+                        closer = hit & ((met & ~try_margin[idx])
+                                        | ((met == try_margin[idx]) & (extra.detach() < try_penalty[idx])))
                         try_penalty[idx[closer]] = extra.detach()[closer]
-                        try_margin[idx[closer]] = with_margin[closer]
+                        try_margin[idx[closer]] = met[closer]
                         try_adv[idx[closer]] = x_adv.detach()[closer]
                 (grad,) = torch.autograd.grad(loss.sum(), delta)
                 with torch.no_grad():

@@ -55,6 +55,7 @@ CASES: list[str] = [
     "run --threat white --cw-iterations 0",
     "run --threat white --cw-learning-rate nan",
     "run --threat black --wb-confidence -1",
+    "run --threat adaptive -t schedule=cosine",
     "run --threat black --proxy-depth 7",
     "run --threat black --proxy-epochs -3",
     "run --threat gray -t nosuch=1",

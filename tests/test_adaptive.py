@@ -24,7 +24,7 @@ from pdm_bench.metrics import rejection_threshold, valid_images
 from pdm_bench.results import ResultsStore
 from pdm_bench.tables import RowIndex
 from pdm_bench.threat_models.adaptive import Adaptive, AdaptiveParams
-from pdm_bench.threat_models.pgd import DetectorPGD
+from pdm_bench.threat_models.pgd import DetectorPGD, apgd_checkpoints
 from pdm_bench.threat_models.square import SquareWithReject
 from pdm_bench.training import train_or_load
 
@@ -66,11 +66,29 @@ def test_the_combined_loss_evades_the_kde_at_5_percent_fpr_on_more_images_than_p
     assert evaded["combined"] > evaded["classifier"] and evaded["selective"] > evaded["classifier"], evaded
 
 
-@pytest.mark.parametrize(("norm", "eps"), [(np.inf, 0.1), (2, 0.5)])
-def test_pgd_stays_inside_the_ball_and_the_pixel_range(setup: dict[str, Any], norm: float, eps: float) -> None:
+def test_apgd_schedule_evades_on_at_least_as_many_images_at_the_same_steps(setup: dict[str, Any]) -> None:
+    """On the digits model, 20 steps of one start: APGD's steps (2 eps halving, momentum) against the constant ones."""
+    x, y = setup["data"].x_test[:100], setup["data"].y_test[:100]
+    evaded = {schedule: evasions(setup, pgd(setup, "combined", eps=0.1, eps_step=0.0125, max_iter=20,
+                                            schedule=schedule).generate(x, y), x, y).sum()
+              for schedule in ("constant", "apgd")}
+    assert evaded["apgd"] >= evaded["constant"] > 0, evaded
+
+
+def test_apgd_checkpoints_follow_croce_and_hein() -> None:
+    """p_0 = 0, p_1 = 0.22, p_j+1 = p_j + max(p_j - p_j-1 - 0.03, 0.06), at ceil(p_j N) below N."""
+    assert sorted(apgd_checkpoints(100)) == [22, 41, 57, 70, 80, 87, 93, 99]
+    assert sorted(apgd_checkpoints(10)) == [3, 5, 6, 7, 8, 9] and apgd_checkpoints(1) == set()
+
+
+@pytest.mark.parametrize(("norm", "eps", "schedule"), [(np.inf, 0.1, "constant"), (2, 0.5, "constant"),
+                                                       (np.inf, 0.1, "apgd"), (2, 0.5, "apgd")])
+def test_pgd_stays_inside_the_ball_and_the_pixel_range(setup: dict[str, Any], norm: float, eps: float,
+                                                       schedule: str) -> None:
     x, y = setup["data"].x_test[:40], setup["data"].y_test[:40]
     for mode in ("combined", "orthogonal"):
-        delta = (pgd(setup, mode, norm=norm, eps=eps, eps_step=eps / 4, max_iter=10).generate(x, y) - x).reshape(40, -1)
+        attack = pgd(setup, mode, norm=norm, eps=eps, eps_step=eps / 4, max_iter=10, schedule=schedule)
+        delta = (attack.generate(x, y) - x).reshape(40, -1)
         size = np.abs(delta).max(axis=1) if norm == np.inf else np.linalg.norm(delta, axis=1)
         assert size.max() <= eps + 1e-5 and (x.reshape(40, -1) + delta).min() >= 0 and (x.reshape(40, -1) + delta).max() <= 1
 
@@ -87,7 +105,9 @@ def test_square_with_reject_counts_a_rejected_image_as_no_success(setup: dict[st
 @pytest.mark.parametrize(
     ("settings", "message"),
     [({"mode": "combined", "detector": None}, "mode 'combined' attacks the detector"), ({"norm": 1}, "norm inf or 2"),
-     ({"eps": 0.0}, "positive eps"), ({"mode": "both"}, "mode one of classifier, combined")],
+     ({"eps": 0.0}, "positive eps"), ({"mode": "both"}, "mode one of classifier, combined"),
+     ({"mode": "combined", "schedule": "cosine"}, "schedule one of constant, apgd"),
+     ({"schedule": "apgd"}, "runs ART's constant steps")],
 )
 def test_bad_pgd_settings_are_refused(setup: dict[str, Any], settings: dict[str, Any], message: str) -> None:
     mode = settings.pop("mode", "classifier")
@@ -124,6 +144,7 @@ def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..
     [(("--eps", "abc"), "--eps must be comma-separated positive numbers, got 'abc'"),
      (("--eps", "0.1,-1"), "--eps must be comma-separated positive numbers, got '0.1,-1'"),
      (("-t", "restarts=0"), "restarts must be an integer >= 1, got 0"),
+     (("-t", "schedule=cosine"), "schedule must be one of constant, apgd, got 'cosine'"),
      (("--n-samples", "360"), "--n-samples must be below the test set's size 360")],
 )
 def test_bad_adaptive_input_is_one_line(tmp_path: Path, cli: Callable[..., Any], args: tuple[str, ...], message: str) -> None:

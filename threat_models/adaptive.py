@@ -28,39 +28,50 @@ from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatParams
 from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.cw_wb import DetectorScore
-from pdm_bench.threat_models.pgd import DetectorPGD
+from pdm_bench.threat_models.pgd import SCHEDULES, DetectorPGD
 from pdm_bench.threat_models.square import SquareWithReject
 
 # The issue's budgets: MNIST-like data L-inf 0.1 and 0.3, L2 2.0; CIFAR-10 L-inf 8/255, L2 0.5.
 DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("linf", ""): (0.1, 0.3), ("l2", ""): (2.0,)}
 WORST = "worst"
-DOUBLED = "@2x"  # an attack (or worst case) with the gradient attacks' iterations and restarts doubled
+DOUBLED = "@2x"  # an attack on the detector (or worst case) with its iterations and restarts doubled
 
 
 @dataclass(frozen=True, kw_only=True)
 class AdaptiveParams(ThreatParams):
     """``eps``: comma-separated budgets (None: the data set's defaults); ``iterations`` PGD steps per start,
     ``restarts`` random starts; ``weights`` the combined loss's detector weights; ``square_iterations`` Square's
-    queries per image (0: no Square)."""
+    queries per image (0: no Square); ``schedule`` the step sizes of the attacks on the detector (``constant``:
+    2.5 eps / iterations; ``apgd``: Croce and Hein's, see :class:`DetectorPGD`)."""
 
     norm: str = "linf"
     eps: str | None = None
-    iterations: int = 100
-    restarts: int = 2
+    iterations: int = 200
+    restarts: int = 4
     weights: str = "0.1,1,10"
     square_iterations: int = 1000
     check_doubling: bool = True
     batch_size: int = 256
+    schedule: str = "apgd"
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
             raise ValueError(f"--norm must be linf or l2, got '{self.norm}'")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
         for text, name in ((self.eps, "--eps"), (self.weights, "weights")):
             if text is not None:
                 _positive_list(text, name)
         for name, lowest in (("iterations", 1), ("restarts", 1), ("square_iterations", 0), ("batch_size", 1)):
             if getattr(self, name) < lowest:
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {getattr(self, name)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields; ``schedule`` only where it is not ``constant`` (run ids from before it existed stay valid)."""
+        fields = super().as_dict()
+        if fields["schedule"] == "constant":
+            del fields["schedule"]
+        return fields
 
     def detector_weights(self) -> tuple[float, ...]:
         return _positive_list(self.weights, "weights")
@@ -107,7 +118,7 @@ class Adaptive(TrainsDetectorHeads):
         lines.append("accuracy: without the detector; robust@F: the share of correctly classified images the attack did "
                      "not fool or the detector rejected, at the threshold that rejects F of clean calibration images; "
                      "TPR: the share of fooling images rejected (none for combined, the weights' sweep, and worst, per "
-                     "image any attack of the budget; worst@2x: the gradient attacks at twice the iterations and restarts)")
+                     "image any attack of the budget; worst@2x: the attacks on the detector at twice the iterations and restarts)")
         return "\n".join(lines)
 
     def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
@@ -224,8 +235,8 @@ def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
 
 def worst_cases(judged: dict[str, Judged], tag: str) -> list[tuple[str, list[Judged]]]:
     """The per-image worst cases: over the weights' sweep (``combined``), over the portfolio at its iterations
-    (``worst``: the number that counts) and, where run, with the gradient attacks' iterations and restarts doubled
-    (``worst@2x``: the convergence check). Random noise is the baseline every attack must beat, not a part."""
+    (``worst``: the number that counts) and, where run, with the attacks on the detector at twice their iterations
+    and restarts (``worst@2x``: the convergence check). Random noise is the baseline every attack must beat, not a part."""
     single = {n: j for n, j in judged.items() if not n.endswith(DOUBLED) and n != "noise"}
     doubled = {n[: -len(DOUBLED)]: j for n, j in judged.items() if n.endswith(DOUBLED)}
     cases = [(f"combined-{tag}", [j for n, j in single.items() if n.startswith("combined@")]),
@@ -245,12 +256,14 @@ def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: f
     def pgd(mode: str, weight: float = 1.0, factor: int = 1) -> tuple[Any, dict[str, Any]]:
         iterations, restarts = params.iterations * factor, params.restarts * factor
         loss = "cross_entropy" if mode == "classifier" else "margin"  # plain PGD as ART runs it
+        schedule = "constant" if mode == "classifier" else params.schedule
         attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / iterations, max_iter=iterations,
                              num_random_init=restarts, batch_size=params.batch_size, verbose=ev.progress, mode=mode,  # type: ignore[arg-type]
                              detector=None if mode == "classifier" else detector, threshold=threshold,
-                             detector_weight=weight, score_scale=scale, seed=ev.seed, loss=loss)
+                             detector_weight=weight, score_scale=scale, seed=ev.seed, loss=loss, schedule=schedule)
         settings = {**common, "mode": mode, "iterations": iterations, "restarts": restarts, "loss": loss,
-                    **({"weight": weight} if mode == "combined" else {})}
+                    **({"weight": weight} if mode == "combined" else {}),
+                    **({"schedule": schedule} if schedule != "constant" else {})}
         return (lambda xs, ys: attack.generate(xs, ys)), settings
 
     gradient = [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in params.detector_weights()),
@@ -264,8 +277,8 @@ def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: f
                                   device=ev.device)
         attacks.append(("square", square.generate, {**common, "square_iterations": params.square_iterations}))
     attacks.append(("noise", lambda xs, ys: random_noise(xs, params.norm, eps, ev.seed), {**common, "noise": 1}))
-    if params.check_doubling:
-        attacks += [(f"{name}{DOUBLED}", *pgd(mode, weight, factor=2)) for name, mode, weight in gradient]
+    if params.check_doubling:  # the attacks on the detector (plain PGD is the reference, not part of the check)
+        attacks += [(f"{name}{DOUBLED}", *pgd(mode, weight, factor=2)) for name, mode, weight in gradient[1:]]
     return attacks
 
 

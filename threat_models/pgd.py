@@ -17,11 +17,18 @@ starts: evading first, then fooling the model with the highest score, then the l
 being computed. Plain PGD (``classifier``) runs every step and returns the last iterate that fools the model, as
 ART's does: stopping at the first one would leave images just past the boundary, where a density detector catches
 them (measured in docs/PERFORMANCE.md).
+
+``schedule``: ``constant`` steps of ``eps_step`` (Madry et al.), or ``apgd``, Croce and Hein 2020's step-size rule
+for the attacks on the detector: each image starts at a step of 2 eps with momentum 0.75 and halves its step at
+checkpoints where its loss (the margin plus the weighted shortfall) fell in fewer than 3/4 of the steps since the last
+one, or neither the step nor its best loss changed since; a halving restarts it from its best point. ``eps_step`` is
+unused there.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -37,6 +44,8 @@ from pdm_bench.threat_models.estimator_paths import estimator_path
 
 Mode = Literal["classifier", "combined", "orthogonal", "selective"]
 MODES: tuple[str, ...] = ("classifier", "combined", "orthogonal", "selective")
+SCHEDULES: tuple[str, ...] = ("constant", "apgd")
+MOMENTUM, RISING = 0.75, 0.75  # APGD's momentum and its share of steps that must lower the loss between checkpoints
 # ProjectedGradientDescent.attack_params of ART 1.20, in its order.
 PGD_PARAMS = ["norm", "eps", "eps_step", "decay", "targeted", "num_random_init", "batch_size", "max_iter", "random_eps",
               "summary_writer", "verbose"]
@@ -52,14 +61,16 @@ class DetectorPGD(EvasionAttack):
     starts.
     """
 
-    attack_params = EvasionAttack.attack_params + PGD_PARAMS + ["mode", "detector_weight", "threshold", "score_scale", "loss"]
+    attack_params = EvasionAttack.attack_params + PGD_PARAMS + ["mode", "detector_weight", "threshold", "score_scale", "loss",
+                                                               "schedule"]
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
 
     def __init__(self, estimator: Any, norm: int | float | str = np.inf, eps: float = 0.3, eps_step: float = 0.1,
                  decay: float | None = None, max_iter: int = 100, targeted: bool = False, num_random_init: int = 0,
                  batch_size: int = 32, random_eps: bool = False, summary_writer: Any = False, verbose: bool = True, *,
                  mode: Mode = "classifier", detector: DensityScore | None = None, threshold: float = -math.inf,
-                 detector_weight: float = 1.0, score_scale: float = 1.0, loss: str = "margin", seed: int = 0) -> None:
+                 detector_weight: float = 1.0, score_scale: float = 1.0, loss: str = "margin", schedule: str = "constant",
+                 seed: int = 0) -> None:
         if decay is not None or random_eps or summary_writer:
             raise ValueError("decay, random_eps and summary_writer (ART's momentum, eps sampling and TensorBoard) are "
                              "not supported: use ART's ProjectedGradientDescent for them")
@@ -69,6 +80,7 @@ class DetectorPGD(EvasionAttack):
         self.decay, self.random_eps = decay, random_eps
         self.mode, self.detector, self.threshold = mode, detector, threshold
         self.detector_weight, self.score_scale, self.loss, self.seed = detector_weight, score_scale, loss, seed
+        self.schedule = schedule
         self._check_params()
 
     def _check_params(self) -> None:
@@ -89,6 +101,11 @@ class DetectorPGD(EvasionAttack):
             raise ValueError(f"expected loss margin or cross_entropy, got {self.loss!r}")
         if self.mode not in MODES:
             raise ValueError(f"expected mode one of {', '.join(MODES)}, got {self.mode!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"expected schedule one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if self.schedule == "apgd" and self.mode == "classifier":
+            raise ValueError("schedule 'apgd' is for the attacks on the detector; plain PGD (mode 'classifier') runs "
+                             "ART's constant steps")
         if self.mode != "classifier" and self.detector is None:
             raise ValueError(f"mode {self.mode!r} attacks the detector: expected a detector, got None")
         if not isinstance(self.verbose, bool):
@@ -166,6 +183,9 @@ class DetectorPGD(EvasionAttack):
             x_adv = x.clone()
             if self.num_random_init:
                 x_adv = self._clip(x + self._random_start(x, generator), x, low, high)
+            if self.schedule == "apgd":
+                self._apgd_run(x, x_adv, labels, best, rank)
+                continue
             for step in range(self.max_iter + 1):
                 todo = torch.nonzero(rank < EVADES).flatten() if self.detector is not None else torch.arange(len(x))
                 if not len(todo):
@@ -181,6 +201,38 @@ class DetectorPGD(EvasionAttack):
                     x_adv[todo] = self._clip(x_adv[todo] - self._step(grad), x[todo], low, high)
         return best
 
+    def _apgd_run(self, x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor, best: torch.Tensor,
+                  rank: torch.Tensor) -> None:
+        """One start of APGD's schedule from ``x_adv``, updating ``best`` and ``rank`` in place (per image, as the
+        constant schedule does); images that evade stop being computed."""
+        low, high = self._bounds
+        state = _ApgdState.start(x_adv, 2.0 * self.eps)
+        checkpoints, last_check = apgd_checkpoints(self.max_iter), 0
+        for step in range(self.max_iter + 1):
+            todo = torch.nonzero(rank < EVADES).flatten()
+            if not len(todo):
+                break
+            grad, margin, shortfall = self._direction(x_adv[todo], labels[todo])
+            with torch.no_grad():
+                score = _rank(margin, shortfall)
+                better = score > rank[todo]
+                rank[todo[better]] = score[better]
+                best[todo[better]] = x_adv[todo[better]]
+                loss = torch.clamp(margin, min=0.0) + (self.detector_weight if self.mode == "combined" else 1.0) * shortfall
+                state.record(todo, loss, x_adv[todo], grad, counted=step > 0)
+                if step == self.max_iter:
+                    break
+                if step in checkpoints:
+                    grad = state.checkpoint(todo, grad, x_adv, RISING * (step - last_check))
+                    last_check = step
+                here = x_adv[todo]
+                z = self._clip(here - self._step(grad, state.eta[todo]), x[todo], low, high)
+                if step:
+                    z = self._clip(here + MOMENTUM * (z - here) + (1 - MOMENTUM) * (here - state.previous[todo]),
+                                   x[todo], low, high)
+                state.previous[todo] = here
+                x_adv[todo] = z
+
     def _random_start(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         noise = torch.rand(x.shape, generator=generator).to(x.device) * 2 - 1
         if self.linf:
@@ -189,11 +241,13 @@ class DetectorPGD(EvasionAttack):
         radius = torch.rand(len(x), 1, generator=generator).to(x.device) ** (1.0 / flat.shape[1])
         return (flat / flat.norm(dim=1, keepdim=True).clamp(min=1e-12) * radius * self.eps).view_as(x)
 
-    def _step(self, grad: torch.Tensor) -> torch.Tensor:
+    def _step(self, grad: torch.Tensor, size: torch.Tensor | None = None) -> torch.Tensor:
+        """The step down ``grad``: ``eps_step`` long, or per image ``size`` long."""
+        length: Any = self.eps_step if size is None else _rows(size, grad)
         if self.linf:
-            return self.eps_step * grad.sign()
+            return length * grad.sign()
         norms = grad.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, *([1] * (grad.dim() - 1)))
-        return self.eps_step * grad / norms
+        return length * grad / norms
 
     def _clip(self, x_adv: torch.Tensor, x: torch.Tensor, low: Any, high: Any) -> torch.Tensor:
         """Project into the eps-ball around ``x``, then into the data's bounds."""
@@ -226,3 +280,59 @@ def _project(v: torch.Tensor, onto: torch.Tensor) -> torch.Tensor:
     flat_v, flat_o = v.flatten(1), onto.flatten(1)
     coefficient = (flat_v * flat_o).sum(dim=1) / (flat_o * flat_o).sum(dim=1).clamp(min=1e-30)
     return (coefficient.unsqueeze(1) * flat_o).view_as(v)
+
+
+def apgd_checkpoints(iterations: int) -> set[int]:
+    """APGD's checkpoints for ``iterations`` steps: at 0.22 of them, then at gaps shrinking by 0.03 down to 0.06."""
+    shares = [0.0, 0.22]
+    while shares[-1] < 1.0:
+        shares.append(shares[-1] + max(shares[-1] - shares[-2] - 0.03, 0.06))
+    steps = (math.ceil(round(p * iterations, 9)) for p in shares[1:])  # round: 0.41 * 100 is 41, not 42
+    return {s for s in steps if 0 < s < iterations}
+
+
+@dataclass
+class _ApgdState:
+    """Per image of a batch: step size, previous iterate (momentum), the loss at the last step, the best loss with its
+    iterate and gradient, steps that lowered the loss since the last checkpoint, and at that checkpoint the best loss
+    and whether the step was halved."""
+
+    eta: torch.Tensor
+    previous: torch.Tensor
+    last: torch.Tensor
+    lowest: torch.Tensor
+    at_lowest: torch.Tensor
+    grad_lowest: torch.Tensor
+    falls: torch.Tensor
+    lowest_at_check: torch.Tensor
+    halved: torch.Tensor
+
+    @classmethod
+    def start(cls, x_adv: torch.Tensor, eta: float) -> _ApgdState:
+        n, inf = len(x_adv), torch.full((len(x_adv),), math.inf, device=x_adv.device)
+        return cls(eta=torch.full((n,), eta, device=x_adv.device), previous=x_adv.clone(), last=inf.clone(),
+                   lowest=inf.clone(), at_lowest=x_adv.clone(), grad_lowest=torch.zeros_like(x_adv),
+                   falls=torch.zeros(n, device=x_adv.device), lowest_at_check=inf.clone(),
+                   halved=torch.zeros(n, dtype=torch.bool, device=x_adv.device))
+
+    def record(self, todo: torch.Tensor, loss: torch.Tensor, here: torch.Tensor, grad: torch.Tensor, *,
+               counted: bool) -> None:
+        if counted:
+            self.falls[todo] += (loss < self.last[todo]).float()
+        self.last[todo] = loss
+        lower = loss < self.lowest[todo]
+        self.lowest[todo[lower]] = loss[lower]
+        self.at_lowest[todo[lower]] = here[lower]
+        self.grad_lowest[todo[lower]] = grad[lower]
+
+    def checkpoint(self, todo: torch.Tensor, grad: torch.Tensor, x_adv: torch.Tensor, needed: float) -> torch.Tensor:
+        """Halve the step of the images that stalled and put them back at their best iterate (``x_adv`` in place);
+        the gradient to step along."""
+        stalled = (self.falls[todo] < needed) | (~self.halved[todo] & (self.lowest[todo] >= self.lowest_at_check[todo]))
+        rows = todo[stalled]
+        self.eta[rows] /= 2
+        x_adv[rows] = self.at_lowest[rows]
+        self.previous[rows] = self.at_lowest[rows]
+        grad = torch.where(_rows(stalled, grad), self.grad_lowest[todo], grad)
+        self.halved[todo], self.lowest_at_check[todo], self.falls[todo] = stalled, self.lowest[todo], 0.0
+        return grad

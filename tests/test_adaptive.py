@@ -102,6 +102,17 @@ def test_square_with_reject_counts_a_rejected_image_as_no_success(setup: dict[st
     assert not evasions({**setup, "threshold": 1e30}, square.generate(x, y), x, y).any()
 
 
+@pytest.mark.parametrize("norm", [np.inf, 2])
+def test_square_is_reproducible_under_its_seed(setup: dict[str, Any], norm: float) -> None:
+    """ART's L2 Square draws from Python's random module as well as numpy's: both are seeded."""
+    x, y = setup["data"].x_test[:30], setup["data"].y_test[:30]
+    images = [SquareWithReject(setup["model"], setup["detector"].fitted(), threshold=setup["threshold"],
+                               scale=setup["scale"], input_shape=x.shape[1:], nb_classes=10, clip_values=(0.0, 1.0),
+                               norm=norm, eps=0.3 if norm == np.inf else 2.0, max_iter=60, restarts=1, batch_size=30,
+                               verbose=False, seed=0, device=CPU).generate(x, y) for _ in range(2)]
+    assert np.array_equal(images[0], images[1]) and not np.array_equal(images[0], x)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [({"mode": "combined", "detector": None}, "mode 'combined' attacks the detector"), ({"norm": 1}, "norm inf or 2"),

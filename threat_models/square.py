@@ -4,6 +4,7 @@ gradients."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import numpy as np
@@ -60,12 +61,14 @@ class SquareWithReject:
         return blocked - others.max(axis=1)
 
     def generate(self, x: np.ndarray, y: np.ndarray, **_: Any) -> np.ndarray:
-        """Adversarial examples for ``x`` with true labels ``y`` (indices); numpy's global generator is seeded for
-        the call and restored after it."""
+        """Adversarial examples for ``x`` with true labels ``y`` (indices); numpy's and Python's global generators
+        (ART's L2 Square draws from both) are seeded for the call and restored after it."""
         one_hot = np.eye(self.nb_classes + 1, dtype=np.float32)[np.asarray(y)]
-        state = np.random.get_state()
+        state, python_state = np.random.get_state(), random.getstate()
         np.random.seed(self.seed)
+        random.seed(self.seed)
         try:
             return self.attack.generate(x.astype(np.float32), y=one_hot)
         finally:
             np.random.set_state(state)
+            random.setstate(python_state)

@@ -57,8 +57,8 @@ class DetectorPGD(EvasionAttack):
     ``detector`` is a differentiable score of the embedding under a class (the KDE's log-density; higher: normal)
     and ``threshold`` its rejection threshold; ``score_scale`` divides the shortfall so that ``detector_weight``
     means the same for every detector (e.g. the spread of clean scores). ``loss``: the classifier term, the C&W
-    margin (default; it stops pulling once the model is fooled) or ART's cross-entropy. ``seed`` seeds the random
-    starts.
+    margin (default; it stops pulling once the model is fooled) or ART's cross-entropy. ``schedule``: ``constant``
+    steps of ``eps_step`` or ``apgd`` (the module's docstring). ``seed`` seeds the random starts.
     """
 
     attack_params = EvasionAttack.attack_params + PGD_PARAMS + ["mode", "detector_weight", "threshold", "score_scale", "loss",

@@ -192,14 +192,20 @@ class DetectorPGD(EvasionAttack):
                     break
                 grad, margin, shortfall = self._direction(x_adv[todo], labels[todo])
                 with torch.no_grad():
-                    score = _rank(margin, shortfall)
-                    better = score > rank[todo] if self.detector is not None else score >= rank[todo]
-                    rank[todo[better]] = score[better]
-                    best[todo[better]] = x_adv[todo[better]]
+                    self._keep_best(todo, x_adv, margin, shortfall, best, rank)
                     if step == self.max_iter:
                         break
                     x_adv[todo] = self._clip(x_adv[todo] - self._step(grad), x[todo], low, high)
         return best
+
+    def _keep_best(self, todo: torch.Tensor, x_adv: torch.Tensor, margin: torch.Tensor, shortfall: torch.Tensor,
+                   best: torch.Tensor, rank: torch.Tensor) -> None:
+        """Keep the iterates of ``todo`` that rank above their best so far (plain PGD: at or above, so the last
+        iterate that fools the model wins)."""
+        score = _rank(margin, shortfall)
+        better = score > rank[todo] if self.detector is not None else score >= rank[todo]
+        rank[todo[better]] = score[better]
+        best[todo[better]] = x_adv[todo[better]]
 
     def _apgd_run(self, x: torch.Tensor, x_adv: torch.Tensor, labels: torch.Tensor, best: torch.Tensor,
                   rank: torch.Tensor) -> None:
@@ -214,10 +220,7 @@ class DetectorPGD(EvasionAttack):
                 break
             grad, margin, shortfall = self._direction(x_adv[todo], labels[todo])
             with torch.no_grad():
-                score = _rank(margin, shortfall)
-                better = score > rank[todo]
-                rank[todo[better]] = score[better]
-                best[todo[better]] = x_adv[todo[better]]
+                self._keep_best(todo, x_adv, margin, shortfall, best, rank)
                 loss = torch.clamp(margin, min=0.0) + (self.detector_weight if self.mode == "combined" else 1.0) * shortfall
                 state.record(todo, loss, x_adv[todo], grad, counted=step > 0)
                 if step == self.max_iter:

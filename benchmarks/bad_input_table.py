@@ -56,6 +56,7 @@ CASES: list[str] = [
     "run --threat white --cw-learning-rate nan",
     "run --threat black --wb-confidence -1",
     "run --threat adaptive -t schedule=cosine",
+    "run --threat adaptive -t max_doublings=0",
     "run --threat black --proxy-depth 7",
     "run --threat black --proxy-epochs -3",
     "run --threat gray -t nosuch=1",

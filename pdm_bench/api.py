@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -417,9 +417,9 @@ class Study:
         argv = ["--detector", detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
         params = self.threat_models[threat].params
         defaults = type(params)()
-        for name, value in params.as_dict().items():
-            if value != getattr(defaults, name):
-                argv += ["-t", f"{name}={value}"]
+        for option in fields(params):
+            if (value := getattr(params, option.name)) != getattr(defaults, option.name):
+                argv += ["-t", f"{option.name}={value}"]
         return argv
 
     def _train(self, defense: str, seed: int) -> Trained:

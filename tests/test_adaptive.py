@@ -131,7 +131,7 @@ def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..
     results = tmp_path / "r"
     args = ("run", "--threat", "adaptive", "--defense", "baseline", "--epochs", "3", "--n-samples", "40", "--eps", "0.3",
             "-t", "iterations=10", "-t", "restarts=1", "-t", "square_iterations=30", "-t", "weights=1",
-            "--no-progress", "--results-dir", str(results))
+            "-t", "max_doublings=1", "--no-progress", "--results-dir", str(results))
     first = cli(*args)
     assert first.code == 0, first.err
     got = {(r.attack, r.metric): r.value for r in ResultsStore(results).rows()}
@@ -150,12 +150,39 @@ def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..
     assert float(table["worst-linf-0.3"]["digits (quick) baseline"]) == pytest.approx(worst, abs=6e-4)
 
 
+def test_doubling_goes_on_while_the_worst_case_moves(tmp_path: Path, cli: Callable[..., Any]) -> None:
+    """Two-step attacks are far from converged: the attacks on the detector are doubled again while the last doubling
+    moved the worst case by 1 point or more, up to max_doublings; a higher cap resumes the same run."""
+    results = tmp_path / "r"
+
+    def run(cap: int) -> dict[int, float]:
+        result = cli("run", "--threat", "adaptive", "--defense", "baseline", "--epochs", "3", "--n-samples", "40",
+                     "--eps", "0.1", "-t", "iterations=2", "-t", "restarts=1", "-t", "square_iterations=30", "-t",
+                     "weights=1", "-t", f"max_doublings={cap}", "--no-progress", "--results-dir", str(results))
+        assert result.code == 0, result.err
+        rows = ResultsStore(results).rows()
+        assert len({r.run_id for r in rows if r.threat == "adaptive"}) == 1
+        worst = {r.attack: r.value for r in rows if r.metric == "robust_accuracy_at_fpr_5"}
+        return {k: worst[f"worst{f'@{2 ** k}x' if k else ''}-linf-0.1"] for k in range(12)
+                if f"worst{f'@{2 ** k}x' if k else ''}-linf-0.1" in worst}
+
+    capped = run(2)
+    assert sorted(capped) == [0, 1, 2] and abs(capped[1] - capped[0]) >= 0.01, capped  # 2x moved, so 4x ran: the cap
+    chain = run(6)
+    assert len(chain) > 3 and all(chain[k] == capped[k] for k in capped), chain
+    assert all(abs(chain[k - 1] - chain[k - 2]) >= 0.01 for k in range(2, len(chain))), chain  # each ran for a move
+    last = len(chain) - 1
+    assert last == 6 or abs(chain[last] - chain[last - 1]) < 0.01, chain  # it stops at the cap or where it converged
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [(("--eps", "abc"), "--eps must be comma-separated positive numbers, got 'abc'"),
      (("--eps", "0.1,-1"), "--eps must be comma-separated positive numbers, got '0.1,-1'"),
      (("-t", "restarts=0"), "restarts must be an integer >= 1, got 0"),
      (("-t", "schedule=cosine"), "schedule must be one of constant, apgd, got 'cosine'"),
+     (("-t", "max_doublings=0"), "max_doublings must be an integer >= 1, got 0"),
+     (("-t", "max_doublings=11"), "max_doublings must be an integer from 1 to 10, got 11"),
      (("--n-samples", "360"), "--n-samples must be below the test set's size 360")],
 )
 def test_bad_adaptive_input_is_one_line(tmp_path: Path, cli: Callable[..., Any], args: tuple[str, ...], message: str) -> None:

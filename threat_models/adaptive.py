@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from pdm_bench.art_adapter import to_art_classifier
-from pdm_bench.checklist import Check, Lookup, falls, fmt, no_higher
+from pdm_bench.checklist import Check, Lookup, Measured, falls, fmt, no_higher
 from pdm_bench.config import dataset_family
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
@@ -34,7 +34,16 @@ from pdm_bench.threat_models.square import SquareWithReject
 # The issue's budgets: MNIST-like data L-inf 0.1 and 0.3, L2 2.0; CIFAR-10 L-inf 8/255, L2 0.5.
 DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("linf", ""): (0.1, 0.3), ("l2", ""): (2.0,)}
 WORST = "worst"
-DOUBLED = "@2x"  # an attack on the detector (or worst case) with its iterations and restarts doubled
+MAX_LEVELS = 11  # the tables list worst cases up to 1024x
+CONVERGED = 0.01  # a doubling that moves the worst case (robust at 5% FPR) by less than this has converged
+
+
+def doubled(level: int) -> str:
+    """The suffix of an attack (or worst case) with its iterations and restarts doubled ``level`` times."""
+    return f"@{2 ** level}x"
+
+
+DOUBLED = doubled(1)  # the first doubling, the convergence check every run makes
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,7 +51,9 @@ class AdaptiveParams(ThreatParams):
     """``eps``: comma-separated budgets (None: the data set's defaults); ``iterations`` PGD steps per start,
     ``restarts`` random starts; ``weights`` the combined loss's detector weights; ``square_iterations`` Square's
     queries per image (0: no Square); ``schedule`` the step sizes of the attacks on the detector (``constant``:
-    2.5 eps / iterations; ``apgd``: Croce and Hein's, see :class:`DetectorPGD`)."""
+    2.5 eps / iterations; ``apgd``: Croce and Hein's, see :class:`DetectorPGD`); ``check_doubling`` runs the attacks
+    on the detector again at twice the iterations and restarts, and again at twice those while the last doubling
+    moved the worst case by 1 point or more, ``max_doublings`` times at most."""
 
     norm: str = "linf"
     eps: str | None = None
@@ -53,6 +64,7 @@ class AdaptiveParams(ThreatParams):
     check_doubling: bool = True
     batch_size: int = 256
     schedule: str = "apgd"
+    max_doublings: int = 3
 
     def __post_init__(self) -> None:
         if self.norm not in ("linf", "l2"):
@@ -62,15 +74,20 @@ class AdaptiveParams(ThreatParams):
         for text, name in ((self.eps, "--eps"), (self.weights, "weights")):
             if text is not None:
                 _positive_list(text, name)
-        for name, lowest in (("iterations", 1), ("restarts", 1), ("square_iterations", 0), ("batch_size", 1)):
+        for name, lowest in (("iterations", 1), ("restarts", 1), ("square_iterations", 0), ("batch_size", 1),
+                             ("max_doublings", 1)):
             if getattr(self, name) < lowest:
                 raise ValueError(f"{name} must be an integer >= {lowest}, got {getattr(self, name)}")
+        if self.max_doublings >= MAX_LEVELS:
+            raise ValueError(f"max_doublings must be an integer from 1 to {MAX_LEVELS - 1}, got {self.max_doublings}")
 
     def as_dict(self) -> dict[str, Any]:
-        """The fields; ``schedule`` only where it is not ``constant`` (run ids from before it existed stay valid)."""
+        """The fields; ``schedule`` only where it is not ``constant`` (run ids from before it existed stay valid);
+        not ``max_doublings``, which adds rows to a run and changes none."""
         fields = super().as_dict()
         if fields["schedule"] == "constant":
             del fields["schedule"]
+        del fields["max_doublings"]
         return fields
 
     def detector_weights(self) -> tuple[float, ...]:
@@ -118,7 +135,9 @@ class Adaptive(TrainsDetectorHeads):
         lines.append("accuracy: without the detector; robust@F: the share of correctly classified images the attack did "
                      "not fool or the detector rejected, at the threshold that rejects F of clean calibration images; "
                      "TPR: the share of fooling images rejected (none for combined, the weights' sweep, and worst, per "
-                     "image any attack of the budget; worst@2x: the attacks on the detector at twice the iterations and restarts)")
+                     "image any attack of the budget; worst@2x: the attacks on the detector at twice the iterations and restarts, "
+                     "worst@4x at twice those, run only where the doubling before moved the worst case by 1 point or "
+                     "more)")
         return "\n".join(lines)
 
     def checklist(self, index: RowIndex, dataset: str, preset: str, defense: str) -> list[Check]:
@@ -151,10 +170,11 @@ def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str)
     rising_known = [r for r in rising if r is not None]
     checks = [Check("success rises with eps", all(rising_known) if rising_known else None,
                     ", ".join(f"{t}: {fmt(m.value)}" for t, m in worst.items() if m is not None) + " (worst case, robust)")]
-    doubled = [(t, worst[t], get(f"{WORST}{DOUBLED}-{t}", robust)) for t in tags]
-    doubled = [(t, a, b) for t, a, b in doubled if a is not None and b is not None]
-    checks.append(Check("doubling iterations changes little", all(abs(a.value - b.value) < 0.01 for _, a, b in doubled)
-                        if doubled else None, ", ".join(f"{t}: {fmt(a.value)} -> {fmt(b.value)}" for t, a, b in doubled)))
+    chains = {t: _doubling_chain(get, t, robust) for t in tags}
+    chains = {t: chain for t, chain in chains.items() if len(chain) > 1}
+    checks.append(Check("doubling iterations changes little",
+                        all(abs(c[-1].value - c[-2].value) < CONVERGED for c in chains.values()) if chains else None,
+                        ", ".join(f"{t}: " + " -> ".join(fmt(m.value) for m in c) for t, c in chains.items())))
     masked, noisy, invalid, numbers = [], [], 0.0, {"square": [], "noise": []}
     for t in tags:
         gradient = [m for k in GRADIENT[1:] if (m := get(f"{k}-{t}", robust)) is not None]  # on model + detector
@@ -178,6 +198,16 @@ def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str)
     return checks
 
 
+def _doubling_chain(get: Lookup, tag: str, metric: str) -> list[Measured]:
+    """The worst case at ``tag`` at its iterations, then at each doubling run (2x, 4x, ...), while present."""
+    chain = []
+    for level in range(MAX_LEVELS):
+        if (measured := get(f"{WORST}{doubled(level) if level else ''}-{tag}", metric)) is None:
+            break
+        chain.append(measured)
+    return chain
+
+
 def _tag_order(tag: str) -> tuple[str, float]:
     norm, eps = tag.split("-")
     return norm, float(eps)
@@ -187,7 +217,8 @@ def adaptive_order(index: RowIndex) -> list[str]:
     """Budgets in order, and at each the portfolio's attacks with the worst case last."""
     names = {r.attack for r in index.rows if r.threat == Adaptive.name and r.metric == fpr_metric("robust_accuracy", 0.05)}
     tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=_tag_order)
-    kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square", WORST, f"{WORST}{DOUBLED}")
+    kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square", WORST,
+             *(f"{WORST}{doubled(level)}" for level in range(1, MAX_LEVELS)))
     return [f"{k}-{t}" for t in tags for k in kinds if f"{k}-{t}" in names]
 
 
@@ -214,23 +245,64 @@ def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
     classifier = to_art_classifier(model, input_shape=data.input_shape, nb_classes=data.num_classes, device=ev.device)
     for eps in params.budgets(data.name):
         tag = f"{params.norm}-{eps:g}"
-        if ev.results.finished(ev.run_id, f"{WORST}-{tag}"):
+        attacks = Portfolio(ev, params, classifier, eps=eps, threshold=thresholds[0.05], scale=scale)
+        judge = _Judge(ev, tag, x, y, clean, params.norm, eps)
+        levels = [0, 1] if params.check_doubling else [0]
+        skipped = ev.results.finished(ev.run_id, f"{WORST}-{tag}")
+        if not skipped:
+            judged = {name: judge(name, make, settings) for level in levels for name, make, settings in attacks.at(level)}
+            for name, parts in worst_cases(judged, tag):
+                if not ev.results.finished(ev.run_id, name):
+                    ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
+        while params.check_doubling and len(levels) <= params.max_doublings and (change := moved(ev, tag, levels[-1])):
+            level = levels[-1] + 1
+            levels.append(level)
+            name = f"{WORST}{doubled(level)}-{tag}"
+            if ev.results.finished(ev.run_id, name):
+                continue
+            skipped = False
+            ev.log(f"adaptive at {tag}: the worst case moved by 1 point or more at {doubled(level - 1)} "
+                   f"({change[0]:.3f} -> {change[1]:.3f}); the attacks on the detector at {doubled(level)}")
+            deeper = {n: judge(n, make, settings) for n, make, settings in attacks.at(level)}
+            kept = {n: judge(n, make, settings) for n, make, settings in attacks.at(0) if n in attacks.not_doubled}
+            ev.results.append(worst_case_rows(ev, name, y, clean, [*deeper.values(), *kept.values()]), completes=name)
+        if skipped:
             ev.log(f"adaptive at {tag}: already in {ev.results.path}, skipped")
-            continue
-        judged = {}
-        for name, make, settings in portfolio(ev, params, classifier, eps=eps, threshold=thresholds[0.05], scale=scale):
-            x_adv, seconds = ev.cached_adversarials(f"{name}-{tag}", settings, lambda part, make=make: make(x[part], y[part]))
-            valid = valid_images(x, x_adv, norm=params.norm, eps=eps)
-            x_adv = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
-            judged[name] = Judged(*ev.score(model, x_adv))
-            if not ev.results.finished(ev.run_id, f"{name}-{tag}"):
-                rows = attack_rows(ev, f"{name}-{tag}", x, y, x_adv, clean, judged[name], seconds)
-                ev.results.append([*rows, ev.row(f"{name}-{tag}", "invalid_images", float((~valid).sum()), len(y))],
-                                  completes=f"{name}-{tag}")
-        for name, parts in worst_cases(judged, tag):
-            if not ev.results.finished(ev.run_id, name):
-                ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
     return ev.results.run_rows(ev.run_id)
+
+
+def moved(ev: Evaluation, tag: str, level: int) -> tuple[float, float] | None:
+    """The run's worst case at 5% FPR before and at doubling ``level`` where it moved by 1 point or more (else None,
+    also where either is unknown)."""
+    get = value_getter(ev.results.run_rows(ev.run_id))
+    metric = fpr_metric("robust_accuracy", 0.05)
+    before, after = (get(f"{WORST}{doubled(k) if k else ''}-{tag}", metric) for k in (level - 1, level))
+    if level < 1 or math.isnan(before) or math.isnan(after) or abs(after - before) < CONVERGED:
+        return None
+    return before, after
+
+
+class _Judge:
+    """An attack's images made (or loaded), validated and judged once per budget; its rows appended where missing."""
+
+    def __init__(self, ev: Evaluation, tag: str, x: np.ndarray, y: np.ndarray, clean: tuple[np.ndarray, np.ndarray],
+                 norm: str, eps: float) -> None:
+        self.ev, self.tag, self.x, self.y, self.clean, self.norm, self.eps = ev, tag, x, y, clean, norm, eps
+        self.judged: dict[str, Judged] = {}
+
+    def __call__(self, name: str, make: Any, settings: dict[str, Any]) -> Judged:
+        if name in self.judged:
+            return self.judged[name]
+        ev, x, label = self.ev, self.x, f"{name}-{self.tag}"
+        x_adv, seconds = ev.cached_adversarials(label, settings, lambda part: make(x[part], self.y[part]))
+        valid = valid_images(x, x_adv, norm=self.norm, eps=self.eps)
+        x_adv = np.where(valid.reshape((-1,) + (1,) * (x.ndim - 1)), x_adv, x)
+        self.judged[name] = judged = Judged(*ev.score(ev.trained.model, x_adv))
+        if not ev.results.finished(ev.run_id, label):
+            rows = attack_rows(ev, label, x, self.y, x_adv, self.clean, judged, seconds)
+            ev.results.append([*rows, ev.row(label, "invalid_images", float((~valid).sum()), len(self.y))],
+                              completes=label)
+        return judged
 
 
 def worst_cases(judged: dict[str, Judged], tag: str) -> list[tuple[str, list[Judged]]]:
@@ -238,48 +310,65 @@ def worst_cases(judged: dict[str, Judged], tag: str) -> list[tuple[str, list[Jud
     (``worst``: the number that counts) and, where run, with the attacks on the detector at twice their iterations
     and restarts (``worst@2x``: the convergence check). Random noise is the baseline every attack must beat, not a part."""
     single = {n: j for n, j in judged.items() if not n.endswith(DOUBLED) and n != "noise"}
-    doubled = {n[: -len(DOUBLED)]: j for n, j in judged.items() if n.endswith(DOUBLED)}
+    twice = {n[: -len(DOUBLED)]: j for n, j in judged.items() if n.endswith(DOUBLED)}
     cases = [(f"combined-{tag}", [j for n, j in single.items() if n.startswith("combined@")]),
              (f"{WORST}-{tag}", list(single.values()))]
-    if doubled:
-        cases.append((f"{WORST}{DOUBLED}-{tag}", [doubled.get(n, j) for n, j in single.items()]))
+    if twice:
+        cases.append((f"{WORST}{DOUBLED}-{tag}", [twice.get(n, j) for n, j in single.items()]))
     return cases
 
 
-def portfolio(ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: float, threshold: float,
-              scale: float) -> list[tuple[str, Any, dict[str, Any]]]:
-    """(name, make(x, y) -> images, what the images depend on) for each attack at ``eps``."""
-    norm = np.inf if params.norm == "linf" else 2
-    detector = DetectorScore(ev.detector, ev.dataset.num_classes)  # its torch_score, as it judges
-    common = {"norm": params.norm, "eps": eps, "threshold": round(threshold, 6), "scale": round(scale, 6)}
+class Portfolio:
+    """The attacks at one budget: (name, make(x, y) -> images, what the images depend on) per :meth:`at` level."""
 
-    def pgd(mode: str, weight: float = 1.0, factor: int = 1) -> tuple[Any, dict[str, Any]]:
+    def __init__(self, ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: float, threshold: float,
+                 scale: float) -> None:
+        self.ev, self.params, self.classifier, self.eps, self.threshold, self.scale = \
+            ev, params, classifier, eps, threshold, scale
+        self.detector = DetectorScore(ev.detector, ev.dataset.num_classes)  # its torch_score, as it judges
+        self.common = {"norm": params.norm, "eps": eps, "threshold": round(threshold, 6), "scale": round(scale, 6)}
+        self.not_doubled = ("pgd", "square")  # plain PGD is the reference; Square has no iterations to double
+
+    def at(self, level: int) -> list[tuple[str, Any, dict[str, Any]]]:
+        """Level 0: the whole portfolio and random noise; level k: the attacks on the detector with their iterations
+        and restarts doubled k times, named with :func:`doubled`."""
+        on_detector = [(name, mode, weight) for name, mode, weight in self._gradient() if mode != "classifier"]
+        if level:
+            return [(f"{name}{doubled(level)}", *self._pgd(mode, weight, 2 ** level)) for name, mode, weight in on_detector]
+        attacks = [(name, *self._pgd(mode, weight, 1)) for name, mode, weight in self._gradient()]
+        if self.params.square_iterations:
+            attacks.append(("square", *self._square()))
+        noise = lambda xs, ys: random_noise(xs, self.params.norm, self.eps, self.ev.seed)  # noqa: E731
+        return [*attacks, ("noise", noise, {**self.common, "noise": 1})]
+
+    def _gradient(self) -> list[tuple[str, str, float]]:
+        return [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in self.params.detector_weights()),
+                ("orthogonal", "orthogonal", 1.0), ("selective", "selective", 1.0)]
+
+    def _pgd(self, mode: str, weight: float, factor: int) -> tuple[Any, dict[str, Any]]:
+        params, eps = self.params, self.eps
         iterations, restarts = params.iterations * factor, params.restarts * factor
         loss = "cross_entropy" if mode == "classifier" else "margin"  # plain PGD as ART runs it
         schedule = "constant" if mode == "classifier" else params.schedule
-        attack = DetectorPGD(classifier, norm=norm, eps=eps, eps_step=2.5 * eps / iterations, max_iter=iterations,
-                             num_random_init=restarts, batch_size=params.batch_size, verbose=ev.progress, mode=mode,  # type: ignore[arg-type]
-                             detector=None if mode == "classifier" else detector, threshold=threshold,
-                             detector_weight=weight, score_scale=scale, seed=ev.seed, loss=loss, schedule=schedule)
-        settings = {**common, "mode": mode, "iterations": iterations, "restarts": restarts, "loss": loss,
+        attack = DetectorPGD(self.classifier, norm=np.inf if params.norm == "linf" else 2, eps=eps,
+                             eps_step=2.5 * eps / iterations, max_iter=iterations, num_random_init=restarts,
+                             batch_size=params.batch_size, verbose=self.ev.progress, mode=mode,  # type: ignore[arg-type]
+                             detector=None if mode == "classifier" else self.detector, threshold=self.threshold,
+                             detector_weight=weight, score_scale=self.scale, seed=self.ev.seed, loss=loss,
+                             schedule=schedule)
+        settings = {**self.common, "mode": mode, "iterations": iterations, "restarts": restarts, "loss": loss,
                     **({"weight": weight} if mode == "combined" else {}),
                     **({"schedule": schedule} if schedule != "constant" else {})}
         return (lambda xs, ys: attack.generate(xs, ys)), settings
 
-    gradient = [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in params.detector_weights()),
-                ("orthogonal", "orthogonal", 1.0), ("selective", "selective", 1.0)]
-    attacks = [(name, *pgd(mode, weight)) for name, mode, weight in gradient]
-    if params.square_iterations:
-        square = SquareWithReject(ev.trained.model, detector, threshold=threshold, scale=scale,
+    def _square(self) -> tuple[Any, dict[str, Any]]:
+        ev, params = self.ev, self.params
+        square = SquareWithReject(ev.trained.model, self.detector, threshold=self.threshold, scale=self.scale,
                                   input_shape=ev.dataset.input_shape, nb_classes=ev.dataset.num_classes,
-                                  clip_values=(0.0, 1.0), norm=norm, eps=eps, max_iter=params.square_iterations,
-                                  restarts=1, batch_size=params.batch_size, verbose=ev.progress, seed=ev.seed,
-                                  device=ev.device)
-        attacks.append(("square", square.generate, {**common, "square_iterations": params.square_iterations}))
-    attacks.append(("noise", lambda xs, ys: random_noise(xs, params.norm, eps, ev.seed), {**common, "noise": 1}))
-    if params.check_doubling:  # the attacks on the detector (plain PGD is the reference, not part of the check)
-        attacks += [(f"{name}{DOUBLED}", *pgd(mode, weight, factor=2)) for name, mode, weight in gradient[1:]]
-    return attacks
+                                  clip_values=(0.0, 1.0), norm=np.inf if params.norm == "linf" else 2, eps=self.eps,
+                                  max_iter=params.square_iterations, restarts=1, batch_size=params.batch_size,
+                                  verbose=ev.progress, seed=ev.seed, device=ev.device)
+        return square.generate, {**self.common, "square_iterations": params.square_iterations}
 
 
 def random_noise(x: np.ndarray, norm: str, eps: float, seed: int) -> np.ndarray:

@@ -27,9 +27,8 @@ from pdm_bench.results import Metric, ResultRow, fpr_metric, value_getter
 from pdm_bench.tables import RowIndex, Table, attack_table
 from pdm_bench.threat import ThreatParams
 from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
-from pdm_bench.threat_models.cw_wb import DetectorScore
-from pdm_bench.threat_models.pgd import SCHEDULES, DetectorPGD
-from pdm_bench.threat_models.square import SquareWithReject
+from pdm_bench.threat_models.pgd import SCHEDULES
+from pdm_bench.threat_models.portfolio import Portfolio, doubled
 
 # The issue's budgets: MNIST-like data L-inf 0.1 and 0.3, L2 2.0; CIFAR-10 L-inf 8/255, L2 0.5.
 DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("linf", ""): (0.1, 0.3), ("l2", ""): (2.0,)}
@@ -38,12 +37,9 @@ MAX_LEVELS = 11  # the tables list worst cases up to 1024x
 CONVERGED = 0.01  # a doubling that moves the worst case (robust at 5% FPR) by less than this has converged
 
 
-def doubled(level: int) -> str:
-    """The suffix of an attack (or worst case) with its iterations and restarts doubled ``level`` times."""
-    return f"@{2 ** level}x"
-
-
-DOUBLED = doubled(1)  # the first doubling, the convergence check every run makes
+def worst_name(tag: str, level: int = 0) -> str:
+    """The per-image worst case at budget ``tag`` with the attacks on the detector doubled ``level`` times."""
+    return f"{WORST}{doubled(level) if level else ''}-{tag}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,7 +161,7 @@ def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str)
     get = Lookup(index, dataset, preset, defense, Adaptive.name)
     robust = fpr_metric("robust_accuracy", 0.05)
     tags = sorted({n.split("-", 1)[1] for n in adaptive_order(index)}, key=_tag_order)
-    worst = {t: get(f"{WORST}-{t}", robust) for t in tags}
+    worst = {t: get(worst_name(t), robust) for t in tags}
     rising = [falls([(float(t.split("-")[1]), worst[t]) for t in tags if t.startswith(norm)]) for norm in ("linf", "l2")]
     rising_known = [r for r in rising if r is not None]
     checks = [Check("success rises with eps", all(rising_known) if rising_known else None,
@@ -202,7 +198,7 @@ def _doubling_chain(get: Lookup, tag: str, metric: str) -> list[Measured]:
     """The worst case at ``tag`` at its iterations, then at each doubling run (2x, 4x, ...), while present."""
     chain = []
     for level in range(MAX_LEVELS):
-        if (measured := get(f"{WORST}{doubled(level) if level else ''}-{tag}", metric)) is None:
+        if (measured := get(worst_name(tag, level), metric)) is None:
             break
         chain.append(measured)
     return chain
@@ -217,9 +213,9 @@ def adaptive_order(index: RowIndex) -> list[str]:
     """Budgets in order, and at each the portfolio's attacks with the worst case last."""
     names = {r.attack for r in index.rows if r.threat == Adaptive.name and r.metric == fpr_metric("robust_accuracy", 0.05)}
     tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=_tag_order)
-    kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square", WORST,
-             *(f"{WORST}{doubled(level)}" for level in range(1, MAX_LEVELS)))
-    return [f"{k}-{t}" for t in tags for k in kinds if f"{k}-{t}" in names]
+    kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square")
+    return [name for t in tags for name in (*(f"{k}-{t}" for k in kinds), *(worst_name(t, k) for k in range(MAX_LEVELS)))
+            if name in names]
 
 
 @dataclass(frozen=True)
@@ -247,26 +243,25 @@ def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
         tag = f"{params.norm}-{eps:g}"
         attacks = Portfolio(ev, params, classifier, eps=eps, threshold=thresholds[0.05], scale=scale)
         judge = _Judge(ev, tag, x, y, clean, params.norm, eps)
-        levels = [0, 1] if params.check_doubling else [0]
-        skipped = ev.results.finished(ev.run_id, f"{WORST}-{tag}")
-        if not skipped:
-            judged = {name: judge(name, make, settings) for level in levels for name, make, settings in attacks.at(level)}
+        ran = not ev.results.finished(ev.run_id, worst_name(tag))
+        if ran:
+            judged = {name: judge(name, make, settings) for name, make, settings in attacks.at(0)}
             for name, parts in worst_cases(judged, tag):
                 if not ev.results.finished(ev.run_id, name):
                     ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
-        while params.check_doubling and len(levels) <= params.max_doublings and (change := moved(ev, tag, levels[-1])):
-            level = levels[-1] + 1
-            levels.append(level)
-            name = f"{WORST}{doubled(level)}-{tag}"
-            if ev.results.finished(ev.run_id, name):
+        for level in range(1, params.max_doublings + 1 if params.check_doubling else 1):
+            change = moved(ev, tag, level - 1)
+            if level > 1 and change is None:
+                break
+            if ev.results.finished(ev.run_id, name := worst_name(tag, level)):
                 continue
-            skipped = False
-            ev.log(f"adaptive at {tag}: the worst case moved by 1 point or more at {doubled(level - 1)} "
-                   f"({change[0]:.3f} -> {change[1]:.3f}); the attacks on the detector at {doubled(level)}")
-            deeper = {n: judge(n, make, settings) for n, make, settings in attacks.at(level)}
-            kept = {n: judge(n, make, settings) for n, make, settings in attacks.at(0) if n in attacks.not_doubled}
-            ev.results.append(worst_case_rows(ev, name, y, clean, [*deeper.values(), *kept.values()]), completes=name)
-        if skipped:
+            if change is not None:
+                ev.log(f"adaptive at {tag}: the worst case moved by 1 point or more at {doubled(level - 1)} "
+                       f"({change[0]:.3f} -> {change[1]:.3f}); the attacks on the detector at {doubled(level)}")
+            ran = True
+            parts = [judge(n, make, settings) for n, make, settings in (*attacks.at(level), *attacks.kept())]
+            ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
+        if not ran:
             ev.log(f"adaptive at {tag}: already in {ev.results.path}, skipped")
     return ev.results.run_rows(ev.run_id)
 
@@ -276,7 +271,7 @@ def moved(ev: Evaluation, tag: str, level: int) -> tuple[float, float] | None:
     also where either is unknown)."""
     get = value_getter(ev.results.run_rows(ev.run_id))
     metric = fpr_metric("robust_accuracy", 0.05)
-    before, after = (get(f"{WORST}{doubled(k) if k else ''}-{tag}", metric) for k in (level - 1, level))
+    before, after = (get(worst_name(tag, k), metric) for k in (level - 1, level))
     if level < 1 or math.isnan(before) or math.isnan(after) or abs(after - before) < CONVERGED:
         return None
     return before, after
@@ -306,81 +301,11 @@ class _Judge:
 
 
 def worst_cases(judged: dict[str, Judged], tag: str) -> list[tuple[str, list[Judged]]]:
-    """The per-image worst cases: over the weights' sweep (``combined``), over the portfolio at its iterations
-    (``worst``: the number that counts) and, where run, with the attacks on the detector at twice their iterations
-    and restarts (``worst@2x``: the convergence check). Random noise is the baseline every attack must beat, not a part."""
-    single = {n: j for n, j in judged.items() if not n.endswith(DOUBLED) and n != "noise"}
-    twice = {n[: -len(DOUBLED)]: j for n, j in judged.items() if n.endswith(DOUBLED)}
-    cases = [(f"combined-{tag}", [j for n, j in single.items() if n.startswith("combined@")]),
-             (f"{WORST}-{tag}", list(single.values()))]
-    if twice:
-        cases.append((f"{WORST}{DOUBLED}-{tag}", [twice.get(n, j) for n, j in single.items()]))
-    return cases
-
-
-class Portfolio:
-    """The attacks at one budget: (name, make(x, y) -> images, what the images depend on) per :meth:`at` level."""
-
-    def __init__(self, ev: Evaluation, params: AdaptiveParams, classifier: Any, *, eps: float, threshold: float,
-                 scale: float) -> None:
-        self.ev, self.params, self.classifier, self.eps, self.threshold, self.scale = \
-            ev, params, classifier, eps, threshold, scale
-        self.detector = DetectorScore(ev.detector, ev.dataset.num_classes)  # its torch_score, as it judges
-        self.common = {"norm": params.norm, "eps": eps, "threshold": round(threshold, 6), "scale": round(scale, 6)}
-        self.not_doubled = ("pgd", "square")  # plain PGD is the reference; Square has no iterations to double
-
-    def at(self, level: int) -> list[tuple[str, Any, dict[str, Any]]]:
-        """Level 0: the whole portfolio and random noise; level k: the attacks on the detector with their iterations
-        and restarts doubled k times, named with :func:`doubled`."""
-        on_detector = [(name, mode, weight) for name, mode, weight in self._gradient() if mode != "classifier"]
-        if level:
-            return [(f"{name}{doubled(level)}", *self._pgd(mode, weight, 2 ** level)) for name, mode, weight in on_detector]
-        attacks = [(name, *self._pgd(mode, weight, 1)) for name, mode, weight in self._gradient()]
-        if self.params.square_iterations:
-            attacks.append(("square", *self._square()))
-        noise = lambda xs, ys: random_noise(xs, self.params.norm, self.eps, self.ev.seed)  # noqa: E731
-        return [*attacks, ("noise", noise, {**self.common, "noise": 1})]
-
-    def _gradient(self) -> list[tuple[str, str, float]]:
-        return [("pgd", "classifier", 1.0), *((f"combined@{w:g}", "combined", w) for w in self.params.detector_weights()),
-                ("orthogonal", "orthogonal", 1.0), ("selective", "selective", 1.0)]
-
-    def _pgd(self, mode: str, weight: float, factor: int) -> tuple[Any, dict[str, Any]]:
-        params, eps = self.params, self.eps
-        iterations, restarts = params.iterations * factor, params.restarts * factor
-        loss = "cross_entropy" if mode == "classifier" else "margin"  # plain PGD as ART runs it
-        schedule = "constant" if mode == "classifier" else params.schedule
-        attack = DetectorPGD(self.classifier, norm=np.inf if params.norm == "linf" else 2, eps=eps,
-                             eps_step=2.5 * eps / iterations, max_iter=iterations, num_random_init=restarts,
-                             batch_size=params.batch_size, verbose=self.ev.progress, mode=mode,  # type: ignore[arg-type]
-                             detector=None if mode == "classifier" else self.detector, threshold=self.threshold,
-                             detector_weight=weight, score_scale=self.scale, seed=self.ev.seed, loss=loss,
-                             schedule=schedule)
-        settings = {**self.common, "mode": mode, "iterations": iterations, "restarts": restarts, "loss": loss,
-                    **({"weight": weight} if mode == "combined" else {}),
-                    **({"schedule": schedule} if schedule != "constant" else {})}
-        return (lambda xs, ys: attack.generate(xs, ys)), settings
-
-    def _square(self) -> tuple[Any, dict[str, Any]]:
-        ev, params = self.ev, self.params
-        square = SquareWithReject(ev.trained.model, self.detector, threshold=self.threshold, scale=self.scale,
-                                  input_shape=ev.dataset.input_shape, nb_classes=ev.dataset.num_classes,
-                                  clip_values=(0.0, 1.0), norm=np.inf if params.norm == "linf" else 2, eps=self.eps,
-                                  max_iter=params.square_iterations, restarts=1, batch_size=params.batch_size,
-                                  verbose=ev.progress, seed=ev.seed, device=ev.device)
-        return square.generate, {**self.common, "square_iterations": params.square_iterations}
-
-
-def random_noise(x: np.ndarray, norm: str, eps: float, seed: int) -> np.ndarray:
-    """Seeded random perturbations at the full budget: the corners of the L-inf ball, or L2 directions of length eps;
-    clipped to [0, 1]."""
-    rng = np.random.default_rng(seed)
-    if norm == "linf":
-        delta = eps * rng.choice(np.array([-1.0, 1.0], dtype=np.float32), size=x.shape)
-    else:
-        delta = rng.standard_normal(x.shape).astype(np.float32)
-        delta *= eps / np.linalg.norm(delta.reshape(len(x), -1), axis=1).reshape((-1,) + (1,) * (x.ndim - 1))
-    return np.clip(x + delta, 0.0, 1.0).astype(np.float32)
+    """The per-image worst cases of the portfolio at its iterations: over the weights' sweep (``combined``) and over
+    every attack (``worst``: the number that counts). Random noise is the baseline every attack must beat, not a part."""
+    attacks = {n: j for n, j in judged.items() if n != "noise"}
+    return [(f"combined-{tag}", [j for n, j in attacks.items() if n.startswith("combined@")]),
+            (worst_name(tag), list(attacks.values()))]
 
 
 def attack_rows(ev: Evaluation, name: str, x: np.ndarray, y: np.ndarray, x_adv: np.ndarray,

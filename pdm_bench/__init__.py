@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdm_bench.art_home import prepare_art_config
+
+prepare_art_config()  # before anything imports ART: see pdm_bench.art_home
+
 __version__ = "0.1.0"
 
 __all__ = ["Study", "Trained", "evaluate", "load", "report", "train", "wrap"]

@@ -18,6 +18,7 @@ as keyword-only arguments after it, accepts any classifier with class gradients 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,57 @@ def carlini_wagner_objective(logits: torch.Tensor, labels: torch.Tensor, *, conf
     other = ((1 - one_hot) * logits - one_hot * 10_000).max(dim=1).values
     margin = other - real if targeted else real - other
     return torch.clamp(margin + confidence, min=0.0)
+
+
+@dataclass(frozen=True)
+class _TanhSpace:
+    """C&W's change of variables: an image is ``tanh(w) * mul + plus``, so ``w`` is unbounded."""
+
+    mul: torch.Tensor
+    plus: torch.Tensor
+
+    def to_w(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.atanh(((images - self.plus) / self.mul * 0.999999).clamp(-1, 1))
+
+    def to_x(self, w: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(w) * self.mul + self.plus
+
+
+@dataclass
+class _Best:
+    """Per image, across binary-search steps: the smallest successful image, and the best try (for images never fully
+    successful: the label goal met with the margin if any try met it, else at margin 0; among those, the smallest
+    penalty left)."""
+
+    l2: torch.Tensor
+    adv: torch.Tensor
+    try_penalty: torch.Tensor
+    try_margin: torch.Tensor
+    try_adv: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor) -> _Best:
+        n = len(x)
+        return cls(l2=torch.full((n,), math.inf, device=x.device), adv=x.clone(),
+                   try_penalty=torch.full((n,), math.inf, device=x.device),
+                   try_margin=torch.zeros(n, dtype=torch.bool, device=x.device), try_adv=x.clone())
+
+    def result(self, *, keep_best_try: bool) -> torch.Tensor:
+        """The smallest successful image; else the best try (with ``keep_best_try``); else the image unchanged."""
+        if keep_best_try:
+            fallback = torch.isinf(self.l2) & torch.isfinite(self.try_penalty)
+            self.adv[fallback] = self.try_adv[fallback]
+        return self.adv.detach()
+
+
+def _adam_step(modifier: torch.Tensor, first: torch.Tensor, second: torch.Tensor, *, rows: torch.Tensor,
+               grad: torch.Tensor, t: int, learning_rate: float) -> None:
+    """Adam (TensorFlow's and torch's defaults) on ``modifier``'s ``rows``, in place; ``t`` counts from 1."""
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    first[rows] = beta1 * first[rows] + (1 - beta1) * grad
+    second[rows] = beta2 * second[rows] + (1 - beta2) * grad * grad
+    step = learning_rate * math.sqrt(1 - beta2**t) / (1 - beta1**t)
+    modifier[rows] -= step * first[rows] / (second[rows].sqrt() + eps)
 
 
 class CarliniWagnerL2(EvasionAttack):
@@ -125,91 +177,86 @@ class CarliniWagnerL2(EvasionAttack):
 
     def _attack_batch(self, x: torch.Tensor, start: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         clip_min, clip_max = bounds_on(self._bounds, x.device)
-        mul, plus = (clip_max - clip_min) / 2, (clip_max + clip_min) / 2
-
-        def to_tanh(images: torch.Tensor) -> torch.Tensor:
-            return torch.atanh(((images - plus) / mul * 0.999999).clamp(-1, 1))
-
-        w_start, w_orig = to_tanh(start), to_tanh(x)
-        x_orig = torch.tanh(w_orig) * mul + plus  # cleverhans measures distances to the tanh round trip of x
+        space = _TanhSpace(mul=(clip_max - clip_min) / 2, plus=(clip_max + clip_min) / 2)
+        w_start = space.to_w(start)
+        x_orig = space.to_x(space.to_w(x))  # cleverhans measures distances to the tanh round trip of x
         n = len(x)
         lower = torch.zeros(n, dtype=torch.float64, device=x.device)
         upper = torch.full((n,), 1e10, dtype=torch.float64, device=x.device)
         const = torch.full((n,), self.initial_const, dtype=torch.float64, device=x.device)
-        best_l2 = torch.full((n,), math.inf, device=x.device)
-        best_adv = x.clone()
-        # The best try (``keep_best_try``), for images never fully successful: the label goal met with the margin if
-        # any try met it, else at margin 0; among those, the smallest penalty left.
-        try_penalty = torch.full((n,), math.inf, device=x.device)
-        try_margin = torch.zeros(n, dtype=torch.bool, device=x.device)
-        try_adv = x.clone()
-        check_every = max(self.max_iter // 10, 1)
-        beta1, beta2, eps = 0.9, 0.999, 1e-8  # Adam's defaults in TensorFlow and torch
+        best = _Best.start(x)
         bar = tqdm(total=self.binary_search_steps, desc=f"{type(self).__name__} on {n} images, search step",
                    leave=False, disable=not self.verbose, dynamic_ncols=True)
         for outer_step in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and outer_step == self.binary_search_steps - 1:
                 const = upper.clone()  # cleverhans repeats the search once at the upper bound
-            # Adam state, reset each binary-search step; only images still running are computed.
-            modifier, first, second = torch.zeros_like(x), torch.zeros_like(x), torch.zeros_like(x)
-            if self.warm_start:
-                found = torch.isfinite(best_l2)
-                modifier[found] = to_tanh(best_adv[found]) - w_start[found]
-            running = torch.ones(n, dtype=torch.bool, device=x.device)  # not aborted early in this step
-            step_success = torch.zeros(n, dtype=torch.bool, device=x.device)
-            previous = torch.full((n,), math.inf, device=x.device)
-            c_all = const.to(x.dtype)
-            for iteration in range(self.max_iter):
-                idx = torch.nonzero(running).flatten()
-                if not len(idx):
-                    break
-                delta = modifier[idx].requires_grad_(True)
-                x_adv = torch.tanh(delta + w_start[idx]) * mul + plus
-                l2 = (x_adv - x_orig[idx]).flatten(1).pow(2).sum(dim=1)
-                logits, extra = self.penalty(x_adv, labels[idx])
-                c = c_all[idx]
-                loss = l2 + c * carlini_wagner_objective(logits, labels[idx], confidence=self.confidence,
-                                                          targeted=self.targeted) + c * extra
-                # Record before stepping, as cleverhans does (its loss and images are the pre-update ones).
-                with torch.no_grad():
-                    go_on = torch.ones_like(idx, dtype=torch.bool)
-                    if self.abort_early and iteration % check_every == 0:
-                        go_on = loss.detach() <= previous[idx] * 0.9999
-                        running[idx[~go_on]] = False
-                        previous[idx] = torch.where(go_on, loss.detach(), previous[idx])
-                    met = self._label_goal(logits, labels[idx], self.confidence) & go_on  # the margin met
-                    success = met & (extra.detach() <= 0)
-                    self.observe(outer_step, idx, go_on, step_success[idx])
-                    step_success[idx] |= success
-                    better = success & (l2.detach() < best_l2[idx])
-                    best_l2[idx[better]] = l2.detach()[better]
-                    best_adv[idx[better]] = x_adv.detach()[better]
-                    if self.keep_best_try:
-                        hit = self._label_goal(logits, labels[idx], 0.0) & go_on
-                        closer = hit & ((met & ~try_margin[idx])
-                                        | ((met == try_margin[idx]) & (extra.detach() < try_penalty[idx])))
-                        try_penalty[idx[closer]] = extra.detach()[closer]
-                        try_margin[idx[closer]] = met[closer]
-                        try_adv[idx[closer]] = x_adv.detach()[closer]
-                (grad,) = torch.autograd.grad(loss.sum(), delta)
-                with torch.no_grad():
-                    rows = idx[go_on]
-                    grad = grad[go_on]
-                    first[rows] = beta1 * first[rows] + (1 - beta1) * grad
-                    second[rows] = beta2 * second[rows] + (1 - beta2) * grad * grad
-                    t = iteration + 1
-                    step = self.learning_rate * math.sqrt(1 - beta2**t) / (1 - beta1**t)
-                    modifier[rows] -= step * first[rows] / (second[rows].sqrt() + eps)
+            step_success = self._search_step(outer_step, space=space, x_orig=x_orig, w_start=w_start, labels=labels,
+                                             c_all=const.to(x.dtype), best=best)
             with torch.no_grad():  # cleverhans's constant update, per image
                 upper = torch.where(step_success, torch.minimum(upper, const), upper)
                 lower = torch.where(step_success, lower, torch.maximum(lower, const))
                 bounded = upper < 1e9
                 const = torch.where(bounded, (lower + upper) / 2, torch.where(step_success, const, const * 10))
-            bar.set_postfix_str(f"successful {float(torch.isfinite(best_l2).float().mean()):.2f}", refresh=False)
+            bar.set_postfix_str(f"successful {float(torch.isfinite(best.l2).float().mean()):.2f}", refresh=False)
             bar.update()
         bar.close()
+        return best.result(keep_best_try=self.keep_best_try)
+
+    def _search_step(self, outer_step: int, *, space: _TanhSpace, x_orig: torch.Tensor, w_start: torch.Tensor,
+                     labels: torch.Tensor, c_all: torch.Tensor, best: _Best) -> torch.Tensor:
+        """One binary-search step: Adam in tanh space from a fresh state, only images still running computed; which
+        images succeeded in it."""
+        n = len(x_orig)
+        modifier, first, second = torch.zeros_like(x_orig), torch.zeros_like(x_orig), torch.zeros_like(x_orig)
+        if self.warm_start:
+            found = torch.isfinite(best.l2)
+            modifier[found] = space.to_w(best.adv[found]) - w_start[found]
+        running = torch.ones(n, dtype=torch.bool, device=x_orig.device)  # not aborted early in this step
+        step_success = torch.zeros(n, dtype=torch.bool, device=x_orig.device)
+        previous = torch.full((n,), math.inf, device=x_orig.device)
+        check_every = max(self.max_iter // 10, 1)
+        for iteration in range(self.max_iter):
+            idx = torch.nonzero(running).flatten()
+            if not len(idx):
+                break
+            delta = modifier[idx].requires_grad_(True)
+            x_adv = space.to_x(delta + w_start[idx])
+            l2 = (x_adv - x_orig[idx]).flatten(1).pow(2).sum(dim=1)
+            logits, extra = self.penalty(x_adv, labels[idx])
+            c = c_all[idx]
+            loss = l2 + c * carlini_wagner_objective(logits, labels[idx], confidence=self.confidence,
+                                                      targeted=self.targeted) + c * extra
+            # Record before stepping, as cleverhans does (its loss and images are the pre-update ones).
+            with torch.no_grad():
+                go_on = torch.ones_like(idx, dtype=torch.bool)
+                if self.abort_early and iteration % check_every == 0:
+                    go_on = loss.detach() <= previous[idx] * 0.9999
+                    running[idx[~go_on]] = False
+                    previous[idx] = torch.where(go_on, loss.detach(), previous[idx])
+                self.observe(outer_step, idx, go_on, step_success[idx])
+                success = self._record(best, idx, go_on, logits=logits, labels=labels[idx], extra=extra.detach(),
+                                       l2=l2.detach(), x_adv=x_adv.detach())
+                step_success[idx] |= success
+            (grad,) = torch.autograd.grad(loss.sum(), delta)
+            with torch.no_grad():
+                _adam_step(modifier, first, second, rows=idx[go_on], grad=grad[go_on], t=iteration + 1,
+                           learning_rate=self.learning_rate)
+        return step_success
+
+    def _record(self, best: _Best, idx: torch.Tensor, go_on: torch.Tensor, *, logits: torch.Tensor,
+                labels: torch.Tensor, extra: torch.Tensor, l2: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Keep each image's smallest successful ``x_adv`` (and, with ``keep_best_try``, its best try); the images of
+        ``idx`` that succeeded (the label goal met with the margin, no penalty left, not aborted)."""
+        met = self._label_goal(logits, labels, self.confidence) & go_on  # the margin met
+        success = met & (extra <= 0)
+        better = success & (l2 < best.l2[idx])
+        best.l2[idx[better]] = l2[better]
+        best.adv[idx[better]] = x_adv[better]
         if self.keep_best_try:
-            fallback = torch.isinf(best_l2) & torch.isfinite(try_penalty)
-            best_adv[fallback] = try_adv[fallback]
-        return best_adv.detach()
+            hit = self._label_goal(logits, labels, 0.0) & go_on
+            closer = hit & ((met & ~best.try_margin[idx]) | ((met == best.try_margin[idx]) & (extra < best.try_penalty[idx])))
+            best.try_penalty[idx[closer]] = extra[closer]
+            best.try_margin[idx[closer]] = met[closer]
+            best.try_adv[idx[closer]] = x_adv[closer]
+        return success
 

@@ -4,6 +4,7 @@ drop-in for it (ART's signature, defaults and checks; any classifier with class 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,32 @@ from pdm_bench.threat_models.estimator_paths import estimator_path
 
 _C_UPPER = 10e10
 _SMOOTHER = 0.999999
+
+
+@dataclass
+class _Smallest:
+    """Per image, across binary-search steps: the smallest squared distance of a successful iterate, and that image."""
+
+    l2: torch.Tensor
+    adv: torch.Tensor
+
+    def keep(self, success: torch.Tensor, l2: torch.Tensor, x_adv: torch.Tensor) -> None:
+        improved = success & (l2.double() < self.l2)
+        self.l2[improved] = l2[improved].double()
+        self.adv[improved] = x_adv[improved]
+
+
+@dataclass
+class _Iterate:
+    """A binary-search step's iterate per image: as an image and in tanh space, its logits, squared distance, loss
+    and learning rate (all changed in place)."""
+
+    x_adv: torch.Tensor
+    x_adv_tanh: torch.Tensor
+    lr: torch.Tensor
+    z: torch.Tensor = field(init=False)
+    l2: torch.Tensor = field(init=False)
+    loss: torch.Tensor = field(init=False)
 
 
 class CarliniWagnerL2LineSearch(EvasionAttack):
@@ -91,73 +118,84 @@ class CarliniWagnerL2LineSearch(EvasionAttack):
     def _attack_batch(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         lo, hi = self._lo, self._hi
         n, dev = len(x), x.device
-        shape = (-1,) + (1,) * (x.dim() - 1)
         x_tanh = torch.atanh(((x.clamp(lo, hi) - lo) / (hi - lo) * 2 - 1) * _SMOOTHER)
         c = torch.full((n,), self.initial_const, dtype=torch.float64, device=dev)
         c_lower = torch.zeros(n, dtype=torch.float64, device=dev)
         c_double = torch.ones(n, dtype=torch.bool, device=dev)
-        best_l2 = torch.full((n,), math.inf, dtype=torch.float64, device=dev)
-        best_adv = x.clone()
-
-        def keep_improved(success: torch.Tensor, l2: torch.Tensor, x_adv: torch.Tensor) -> None:
-            improved = success & (l2.double() < best_l2)
-            best_l2[improved] = l2[improved].double()
-            best_adv[improved] = x_adv[improved]
-
+        best = _Smallest(l2=torch.full((n,), math.inf, dtype=torch.float64, device=dev), adv=x.clone())
         for _ in range(self.binary_search_steps):
             if not (c < _C_UPPER).any():
                 break
-            lr = torch.full((n,), self.learning_rate, dtype=torch.float64, device=dev)
-            x_adv, x_adv_tanh = x.clone(), x_tanh.clone()
-            z, l2, loss = self._loss(x, x_adv, target, c)
-            success = loss - l2.double() <= 0
-            overall = success.clone()
-            for _ in range(self.max_iter):
-                keep_improved(success, l2, x_adv)
-                active = (c < _C_UPPER) & (lr > 0)
-                if not active.any():
-                    break
-                step = self._descent(z[active], target[active], x[active], x_adv[active], x_adv_tanh[active], c[active])
-                full_step = torch.zeros_like(x)
-                full_step[active] = step
-                prev_loss, best_loss = loss.clone(), loss.clone()
-                best_lr = torch.zeros(n, dtype=torch.float64, device=dev)
-                halving = torch.zeros(n, device=dev)
-
-                def try_step(mask: torch.Tensor) -> None:
-                    candidate = self._to_original(x_adv_tanh[mask].double() + lr[mask].view(shape) * full_step[mask])
-                    _, l2[mask], loss[mask] = self._loss(x[mask], candidate, target[mask], c[mask])
-                    better = loss < best_loss
-                    best_lr[better] = lr[better]
-                    best_loss[better] = loss[better]
-
-                for _ in range(self.max_halving):
-                    halve = active & (loss >= prev_loss)
-                    if not halve.any():
-                        break
-                    try_step(halve)
-                    lr[halve] /= 2
-                    halving[halve] += 1
-                lr[active] *= 2
-                for _ in range(self.max_doubling):
-                    double = active & (halving == 1) & (loss <= best_loss)
-                    if not double.any():
-                        break
-                    lr[double] *= 2
-                    try_step(double)
-                lr[halving == 1] /= 2
-                update = active & (best_lr > 0)
-                if update.any():
-                    x_adv_tanh[update] = (x_adv_tanh[update].double() + best_lr[update].view(shape) * full_step[update]).float()
-                    x_adv[update] = self._to_original(x_adv_tanh[update])
-                    z[update], l2[update], loss[update] = self._loss(x[update], x_adv[update], target[update], c[update])
-                    success = loss - l2.double() <= 0
-                    overall |= success
-            keep_improved(success, l2, x_adv)
+            overall = self._search_step(x, x_tanh, target, c, best)
             # ART's constant update, verbatim in effect (its lower bound becomes the *new* constant on failure).
             c_double &= ~overall
             c = torch.where(overall, (c_lower + c) / 2, c)
             c = torch.where(~overall & c_double, c * 2, c)
             c = torch.where(~overall & ~c_double, c + (c - c_lower) / 2, c)
             c_lower = torch.where(~overall, c, c_lower)
-        return best_adv
+        return best.adv
+
+    def _search_step(self, x: torch.Tensor, x_tanh: torch.Tensor, target: torch.Tensor, c: torch.Tensor,
+                     best: _Smallest) -> torch.Tensor:
+        """One binary-search step at constants ``c`` from the clean images, ``max_iter`` line-search iterations; which
+        images succeeded at any of them."""
+        lr = torch.full((len(x),), self.learning_rate, dtype=torch.float64, device=x.device)
+        it = _Iterate(x_adv=x.clone(), x_adv_tanh=x_tanh.clone(), lr=lr)
+        it.z, it.l2, it.loss = self._loss(x, it.x_adv, target, c)
+        success = it.loss - it.l2.double() <= 0
+        overall = success.clone()
+        for _ in range(self.max_iter):
+            best.keep(success, it.l2, it.x_adv)
+            active = (c < _C_UPPER) & (it.lr > 0)
+            if not active.any():
+                break
+            if self._line_search(it, x, target, c, active):
+                success = it.loss - it.l2.double() <= 0
+                overall |= success
+        best.keep(success, it.l2, it.x_adv)
+        return overall
+
+    def _line_search(self, it: _Iterate, x: torch.Tensor, target: torch.Tensor, c: torch.Tensor,
+                     active: torch.Tensor) -> bool:
+        """ART's step: halve the learning rate while the loss does not fall, then double it while it falls; move the
+        ``active`` images whose best rate is positive (in place). Whether any moved. As in ART, the tries' distances
+        and losses stay in ``it`` for images that do not move."""
+        n, dev = len(x), x.device
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        step = self._descent(it.z[active], target[active], x[active], it.x_adv[active], it.x_adv_tanh[active],
+                             c[active])
+        full_step = torch.zeros_like(x)
+        full_step[active] = step
+        lr, prev_loss, best_loss = it.lr, it.loss.clone(), it.loss.clone()
+        best_lr = torch.zeros(n, dtype=torch.float64, device=dev)
+        halving = torch.zeros(n, device=dev)
+
+        def try_step(mask: torch.Tensor) -> None:
+            candidate = self._to_original(it.x_adv_tanh[mask].double() + lr[mask].view(shape) * full_step[mask])
+            _, it.l2[mask], it.loss[mask] = self._loss(x[mask], candidate, target[mask], c[mask])
+            better = it.loss < best_loss
+            best_lr[better] = lr[better]
+            best_loss[better] = it.loss[better]
+
+        for _ in range(self.max_halving):
+            halve = active & (it.loss >= prev_loss)
+            if not halve.any():
+                break
+            try_step(halve)
+            lr[halve] /= 2
+            halving[halve] += 1
+        lr[active] *= 2
+        for _ in range(self.max_doubling):
+            double = active & (halving == 1) & (it.loss <= best_loss)
+            if not double.any():
+                break
+            lr[double] *= 2
+            try_step(double)
+        lr[halving == 1] /= 2
+        update = active & (best_lr > 0)
+        if not update.any():
+            return False
+        it.x_adv_tanh[update] = (it.x_adv_tanh[update].double() + best_lr[update].view(shape) * full_step[update]).float()
+        it.x_adv[update] = self._to_original(it.x_adv_tanh[update])
+        it.z[update], it.l2[update], it.loss[update] = self._loss(x[update], it.x_adv[update], target[update], c[update])
+        return True

@@ -26,7 +26,8 @@ from pdm_bench.results import ResultsStore, Threat
 from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.estimator_paths import estimator_path
 from pdm_bench.threat_models.cw_kde import class_log_thresholds
-from pdm_bench.threat_models.cw_wb import Scored, WhiteParams, carried_start, speedup_settings
+from pdm_bench.threat_models.cw_wb import Scored, WhiteParams, speedup_settings
+from pdm_bench.threat_models.cw_wb_search import carried_start
 from pdm_bench.threat_models.white import WhiteBudget, run_white, white_table
 from pdm_bench.training import train_or_load
 

@@ -39,7 +39,8 @@ from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, WhiteAttack, WhiteBudget, WhiteParams,
                                            budget_rows, check_schedule, judge_images, mean_or_nan, require_embedding,
-                                           scored_rows, search_budget, start_run, speedup_settings)
+                                           scored_rows, start_run, speedup_settings)
+from pdm_bench.threat_models.cw_wb_search import search_budget
 from pdm_bench.training import make_optimizer
 
 PROXY_FORMAT_VERSION = 1

@@ -1,6 +1,6 @@
-"""C&W-wb as the white and black box run it: the budget schedule, the two stages, raising the budget until the
-detector is beaten (every attack succeeds, AUC <= 0.5), scoring and the rows, and the options both threat models
-take (:class:`WhiteParams`).
+"""C&W-wb as the white and black box run it: the budget schedule, the two stages, scoring and the rows, and the
+options both threat models take (:class:`WhiteParams`); raising the budget until the detector is beaten is in
+:mod:`cw_wb_search`.
 
 Stage 1 is a targeted C&W (confidence 5) to seeded random targets; stage 2 starts from the stage-1 image and adds
 ``c * max(0, log tau_t - log KDE_t(embedding(x')))`` to the C&W objective, so an image only counts as adversarial
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.detectors import Detector, KDEDetector
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
@@ -27,7 +26,6 @@ from pdm_bench.inference import embed_and_predict
 from pdm_bench.metrics import Interval, distortions, kept_pairs, success_rate
 from pdm_bench.results import Attack, Metric, ResultRow
 from pdm_bench.threat import ThreatParams
-from pdm_bench.threat_models.attack_specs import build_cw_attack
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, DensityScore, Threshold, class_log_thresholds
 
 WB, CW = Attack.CW_WB.value, Attack.CW.value
@@ -195,95 +193,6 @@ class WhiteAttack:
             taus = [torch.quantile(score.log_density(embeddings[labels == c], labels[labels == c]).double(),
                                    budget.tau_quantile) for c in range(score.num_classes)]
         return score, torch.stack(taus).float().to(device)
-
-
-@dataclass(frozen=True)
-class BudgetSearch:
-    """The rungs tried (the last is the one reported) and plain C&W at the last rung's budget."""
-
-    rungs: list[Rung]
-    plain: Scored
-
-    @property
-    def final(self) -> Rung:
-        return self.rungs[-1]
-
-
-def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[WhiteBudget], x: np.ndarray, y: np.ndarray,
-                  targets: np.ndarray, judge: tuple[torch.nn.Module, Detector], clean: tuple[np.ndarray, np.ndarray],
-                  name: str = WB, cache: dict[str, Any] | None = None) -> BudgetSearch:
-    """Run the two stages at each budget of ``schedule`` until ``judge`` (model, KDE) finds every attack successful
-    and AUC <= 0.5, then plain C&W at that budget: stage 2 without the density term (same targets, same start, same
-    confidence), the adaptivity check's reference. Images are cached per budget under ``ev``'s results directory."""
-    data = ev.dataset
-    classifier = to_art_classifier(attack.model, input_shape=data.input_shape, nb_classes=data.num_classes,
-                                   device=ev.device)
-    goal = np.eye(data.num_classes, dtype=np.float32)[targets]
-    clean_pred, clean_score = clean
-
-    def run(label: str, params: dict[str, Any], make: Any) -> tuple[np.ndarray, Scored]:
-        images, seconds = ev.cached_adversarials(label, params, make)
-        return images, judge_images(ev, judge, x, y, images, clean_pred, clean_score, seconds)
-
-    def steps(budget: WhiteBudget) -> dict[str, Any]:
-        return {"max_iter": budget.max_iter, "initial_const": budget.initial_const, "learning_rate": budget.learning_rate,
-                "batch_size": attack.batch_size, "verbose": ev.progress, "warm_start": attack.warm_start}
-
-    def stage1_images(budget: WhiteBudget, part: slice) -> np.ndarray:
-        """Targeted C&W at ``attack.confidence``; where that misses the target, at confidence 0 (RCE-trained models
-        bound their logits: on digits PDM, confidence 5 was out of reach for 10 of 200 image/target pairs, even with
-        7 search steps or c0 100, and confidence 0 reached all 10)."""
-        search_steps = min(attack.stage1_search_steps, budget.binary_search_steps)
-        x_part, goal_part = x[part], goal[part]
-        images = build_cw_attack(classifier, confidence=attack.confidence, binary_search_steps=search_steps,
-                                 **steps(budget)).generate(x_part, y=goal_part)
-        missed = embed_and_predict(attack.model, images, device=ev.device)[1].numpy() != targets[part]
-        if missed.any() and attack.confidence > 0:
-            fallback = build_cw_attack(classifier, confidence=0.0, binary_search_steps=search_steps, **steps(budget))
-            images[missed] = fallback.generate(x_part[missed], y=goal_part[missed])
-        return images
-
-    rungs: list[Rung] = []
-    stage1_list: list[np.ndarray] = []
-    for index, budget in enumerate(check_schedule(schedule)):
-        params = {**(cache or {}), **attack.params(), **asdict(budget),
-                  "kde_points": budget.kde_points or attack.kde_points}
-        stage1_params = {k: v for k, v in params.items() if k not in ("kde_points", "tau_quantile", "threshold")}
-        x_stage1, stage1_scored = run(f"{name}-stage1", {**stage1_params, "fallback_confidence": 0.0},
-                                      lambda part: stage1_images(budget, part))
-        attack_kde, log_tau = attack.surrogate(budget, ev.device)
-        wb_params = {**params, "log_tau": None if log_tau is None else [round(float(t), 5) for t in log_tau],
-                     "keep_best_try": True}
-        start = x_stage1
-        if attack.carry_rungs and rungs:  # the rungs before this one decide its start: they enter its cache key
-            wb_params["carried_from"] = [asdict(r.budget) for r in rungs]
-            start = carried_start(rungs[-1].wb, x_stage1, targets)
-        wb = build_cw_attack(classifier, kde=attack_kde, log_tau=log_tau, threshold=attack.threshold,
-                             confidence=attack.wb_confidence, binary_search_steps=budget.binary_search_steps,
-                             **steps(budget))
-        _, wb_scored = run(name, wb_params, lambda part: wb.generate(x[part], y=goal[part], x_init=start[part]))
-        rungs.append(Rung(index, budget, stage1_scored, wb_scored))
-        stage1_list.append(x_stage1)
-        ev.log(f"{name} budget {index + 1}/{len(schedule)} ({budget.max_iter} steps x {budget.binary_search_steps} "
-               f"searches, c0 {budget.initial_const:g}, lr {budget.learning_rate:g}, KDE points "
-               f"{budget.kde_points or attack.kde_points}, tau quantile {budget.tau_quantile:g}): stage 1 success "
-               f"{stage1_scored.success:.3f}; C&W-wb success {wb_scored.success:.3f}, AUC {wb_scored.auc.value:.3f}, "
-               f"d {mean_or_nan(wb_scored.distortion):.4f}")
-        if rungs[-1].met:
-            break
-    budget = rungs[-1].budget
-    plain = build_cw_attack(classifier, confidence=attack.wb_confidence, binary_search_steps=budget.binary_search_steps,
-                            **steps(budget))
-    params = {**(cache or {}), **attack.params(), **asdict(budget)}
-    _, plain_scored = run(f"{name}-plain", params, lambda part: plain.generate(x[part], y=goal[part], x_init=stage1_list[-1][part]))
-    ev.log(f"plain C&W at that budget: success {plain_scored.success:.3f}, AUC {plain_scored.auc.value:.3f}")
-    return BudgetSearch(rungs, plain_scored)
-
-
-def carried_start(previous: Scored, x_stage1: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """The next rung's start: the last rung's C&W-wb image where the judge gave it the target, else stage 1's."""
-    hit = (previous.pred == targets).reshape((-1,) + (1,) * (x_stage1.ndim - 1))
-    return np.where(hit, previous.x_adv, x_stage1).astype(np.float32)
 
 
 def judge_images(ev: Evaluation, judge: tuple[torch.nn.Module, Detector], x: np.ndarray, y: np.ndarray,

@@ -29,7 +29,8 @@ from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.figures import distortion_figure
 from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, Scored, WhiteAttack, WhiteBudget,
                                            WhiteParams, budget_rows, check_schedule, mean_or_nan, require_embedding,
-                                           scored_rows, search_budget, seconds_spent, start_run, speedup_settings)
+                                           scored_rows, seconds_spent, start_run, speedup_settings)
+from pdm_bench.threat_models.cw_wb_search import search_budget
 
 
 def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:

@@ -1,6 +1,6 @@
 """pdm-bench: train defended classifiers and benchmark detection of adversarial examples on their embeddings.
 
-The Python API (``pdm_bench.api``) is imported lazily, so ``pdm-bench --help`` stays fast."""
+The Python API (``pdm_bench.api``, ``pdm_bench.study``) is imported lazily, so ``pdm-bench --help`` stays fast."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ __all__ = ["Study", "Trained", "evaluate", "load", "report", "train", "wrap"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "Study":
+        from pdm_bench import study
+
+        return study.Study
     if name in __all__:
         from pdm_bench import api
 

@@ -277,8 +277,7 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     """The whole study: train baseline, rce, siamese_rvl and pdm; gray, white and black box for baseline, rce and
     pdm (or your --defenses); then the report. Rerun the same command to resume: finished models, attacks and rows
     are reused."""
-    from pdm_bench import api
-    from pdm_bench.study import parse_seeds
+    from pdm_bench.study import Study, parse_seeds
 
     if seeds is not None and click.get_current_context().get_parameter_source("seed") is not click.core.ParameterSource.DEFAULT:
         raise UserError(f"--seed {seed} and --seeds {seeds} both given: use --seeds for several seeds, --seed for one")
@@ -299,12 +298,12 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
     slurm = slurm_resources(executor, jobs, partition=slurm_partition, gpus_per_job=slurm_gpus_per_job,
                             cpus_per_job=slurm_cpus_per_job, mem_gb=slurm_mem, time_min=slurm_time,
                             max_parallel=max_parallel)
-    study = api.Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
-                      seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
-                      n_samples=n_samples, detector=detectors if detectors is not None else detector,
-                      threat_options={k: v for k, v in options.items() if v},
-                      results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
-                      progress=_progress(progress), log=click.echo, executor=executor, slurm=slurm)
+    study = Study(dataset=dataset, defenses=_names(defenses), train_only=_names(train_only), threats=chosen,
+                  seeds=parse_seeds(seeds) if seeds is not None else [seed], preset=preset, epochs=epochs,
+                  n_samples=n_samples, detector=detectors if detectors is not None else detector,
+                  threat_options={k: v for k, v in options.items() if v},
+                  results_dir=results_dir, data_dir=data_dir, cache_dir=cache_dir, device=device,
+                  progress=_progress(progress), log=click.echo, executor=executor, slurm=slurm)
     for path in study.run(jobs=jobs, out=out):
         click.echo(f"wrote {path}")
 

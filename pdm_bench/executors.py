@@ -22,7 +22,7 @@ from typing import Any
 
 from pdm_bench.config import config_key
 from pdm_bench.errors import UserError
-from pdm_bench.study import Step, record_step
+from pdm_bench.steps import Step, record_step
 
 
 class ExecutorName(str, Enum):

@@ -1,5 +1,5 @@
-"""The steps of a study (``pdm_bench.Study``, ``pdm-bench paper``), run one after another in this process or as
-parallel subprocesses.
+"""The steps of a study (``pdm_bench.Study``, ``pdm-bench paper``), run one after another in this process, as
+parallel subprocesses (phase by phase) or as Slurm jobs.
 
 A step is a function to call in this process and the equivalent ``pdm-bench`` command line. With ``jobs > 1`` each
 step runs as ``python -m pdm_bench <argv>`` (so it records its own command line), with ``cpu_count // jobs`` torch
@@ -22,9 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pdm_bench.config import MAX_SEED
 from pdm_bench.errors import UserError
-from pdm_bench.registry import defense_registry
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 STEP_TIMES = "steps.csv"  # in the log folder: one line per step run, so a resumed study's cost adds up
@@ -156,27 +154,20 @@ def _last_line(path: Path) -> str:
     return lines[-1][:200] if lines else "(no output)"
 
 
-def check_defenses(option: str, names: Sequence[str]) -> None:
-    """Each name is a registered defense (built-in or plugin; did-you-mean otherwise), none twice."""
-    registry = defense_registry()
-    for name in names:
-        registry.get(name)  # an unknown name fails now, with did-you-mean, before any training
-    if len(set(names)) != len(names):
-        raise UserError(f"{option} names a defense twice, got '{','.join(names)}'")
+def run_in_turn(steps: Sequence[Step], *, log_dir: Path, log: Callable[[str], None], started: float) -> None:
+    """Every step in this process, one after another, each one's time recorded."""
+    for number, step in enumerate(steps, start=1):
+        log(f"\n=== [{number}/{len(steps)}] {step.title} ({time.perf_counter() - started:.0f} s into the study)")
+        step_started = time.perf_counter()
+        step.call()
+        record_step(log_dir, step, seconds=time.perf_counter() - step_started, status="finished", jobs=1)
 
 
-def check_seeds(seeds: Sequence[int]) -> list[int]:
-    """Distinct non-negative integers, at least one."""
-    seeds = list(seeds)
-    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
-        raise UserError(f"--seeds expects distinct non-negative integers up to {MAX_SEED}, e.g. 0,1,2, got '{','.join(map(str, seeds))}'")
-    return seeds
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``0,1,2`` -> [0, 1, 2]: distinct non-negative integers."""
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise UserError(f"--seeds expects comma-separated non-negative integers, e.g. 0,1,2, got '{text}'") from None
-    return check_seeds(seeds)
+def run_phases(trainings: Sequence[Step], evaluations: Sequence[Step], *, run: Callable[[list[Step]], list[str]],
+               how: str, noun: str, advice: str, log: Callable[[str], None], started: float) -> None:
+    """The trainings, then (once every model is there) the evaluations, costliest first; ``run`` runs one phase's
+    steps and returns their failures, which stop the study with one line (``noun``: steps or jobs; ``advice``)."""
+    for phase, phase_steps in (("training", list(trainings)), ("attacks", costliest_first(evaluations))):
+        log(f"\n=== {phase}: {len(phase_steps)} steps{how} ({time.perf_counter() - started:.0f} s into the study)")
+        if failed := run(phase_steps):
+            raise UserError(f"{len(failed)} of {len(phase_steps)} {phase} {noun} failed: {'; '.join(failed)}; {advice}")

@@ -218,7 +218,7 @@ def provenance(index: RowIndex, runs: dict[str, Any]) -> dict[str, Any]:
 
 def study_cost(results_dir: Path) -> dict[str, Any] | None:
     """Seconds per step of ``pdm-bench paper`` summed over its calls (``logs/steps.csv``); None when there is none."""
-    from pdm_bench.study import STEP_TIMES, study_log_dir
+    from pdm_bench.steps import STEP_TIMES, study_log_dir
 
     path = study_log_dir(results_dir) / STEP_TIMES
     try:

@@ -101,9 +101,10 @@ def test_truncated_mnist_file_is_named_in_one_line(cli: Callable[..., CliResult]
 
 
 def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_path: Path) -> None:
-    from pdm_bench.api import Study, make_threat
+    from pdm_bench.api import make_threat
+    from pdm_bench.study import Study
     from pdm_bench.cli import run_command, threat_options, train
-    from pdm_bench.study import Step
+    from pdm_bench.steps import Step
 
     # A study's steps carry their command lines (``Step.argv``); a defense's options and --no-geometry are not study
     # parameters, so they are not among those checked here.
@@ -129,8 +130,8 @@ def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_
 
 
 def test_parallel_studies_start_the_costliest_threat_first() -> None:
-    from pdm_bench.api import Study
-    from pdm_bench.study import costliest_first
+    from pdm_bench.study import Study
+    from pdm_bench.steps import costliest_first
 
     trainings, runs = Study(defenses=["baseline", "pdm"], train_only=[], threats=["gray", "white", "black"],
                             seeds=[0]).steps()

@@ -14,7 +14,7 @@ import pytest
 
 from pdm_bench.errors import UserError
 from pdm_bench.executors import SlurmResources, done_marker, import_submitit, run_jobs
-from pdm_bench.study import Step
+from pdm_bench.steps import Step
 
 pytest.importorskip("submitit", reason="submitit is not installed (pip install -e '.[dev]' brings it)")
 CPU_ONLY = SlurmResources(gpus_per_job=0, cpus_per_job=1, mem_gb=2, time_min=10, max_parallel=2)

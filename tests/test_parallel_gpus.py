@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pdm_bench import study
-from pdm_bench.study import Slots, Step, gpu_of_slot, run_parallel, visible_gpus
+from pdm_bench import steps as steps_module
+from pdm_bench.steps import Slots, Step, gpu_of_slot, run_parallel, visible_gpus
 
 
 @pytest.mark.parametrize(("gpus", "expected"), [
@@ -56,7 +56,7 @@ def test_steps_running_at_once_see_different_gpus(monkeypatch: pytest.MonkeyPatc
             running[device] -= 1
         return subprocess.CompletedProcess(argv, 0)
 
-    monkeypatch.setattr(study.subprocess, "run", fake_run)
+    monkeypatch.setattr(steps_module.subprocess, "run", fake_run)
     steps = [Step(f"step {i}", ("list",), lambda: None) for i in range(6)]
     assert run_parallel(steps, jobs=len(gpus), log_dir=tmp_path, echo=lambda _: None, gpus=gpus) == []
     assert {device for device, _ in seen} == set(gpus) and all(others <= set(gpus) for _, others in seen)

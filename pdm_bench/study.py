@@ -1,0 +1,172 @@
+"""The paper's study from Python (``pdm_bench.Study``; ``pdm-bench paper`` is the same): which models to train and
+evaluate, checked before any work, as steps run in turn, in parallel or on Slurm."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pdm_bench.api import Log, Trained, make_detector, make_threat, report, run_evaluation, train
+from pdm_bench.config import MAX_SEED
+from pdm_bench.errors import UserError
+from pdm_bench.executors import ExecutorName, SlurmResources, import_submitit
+from pdm_bench.registry import defense_registry
+from pdm_bench.steps import STEP_TIMES, Step, run_in_turn, run_parallel, run_phases, study_log_dir, visible_gpus
+
+
+@dataclass
+class Study:
+    """The paper's study, or any part of it: train ``defenses`` and ``train_only`` (Table 1), evaluate each of
+    ``defenses`` under each of ``threats`` per seed, then write the report. Every step is cached, so ``run`` again
+    resumes. ``threat_options`` gives each threat model's options by name, e.g. ``{"gray": {"attacks": "cw"}}``."""
+
+    dataset: str = "mnist"
+    defenses: Sequence[str] = ("baseline", "rce", "pdm")
+    train_only: Sequence[str] = ("siamese_rvl",)
+    threats: Sequence[str] = ("gray", "white", "black")
+    seeds: Sequence[int] = (0,)
+    preset: str = "quick"
+    epochs: int | None = None
+    n_samples: int | None = None
+    detector: str = "kde"  # one detector, or several comma-separated: every (defense, detector) pair is evaluated
+    threat_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    results_dir: str | Path | None = None
+    data_dir: str | Path | None = None
+    cache_dir: str | Path | None = None
+    device: str = "auto"
+    progress: bool = False
+    log: Log = print
+    executor: str = "local"  # or "slurm": each step a Slurm job through submitit, with ``slurm``'s resources
+    slurm: Any = None  # pdm_bench.executors.SlurmResources (None: its defaults)
+
+    def __post_init__(self) -> None:
+        """Check every name and option now, before any training."""
+        if not self.defenses:
+            raise UserError("a study needs at least one defense to evaluate (--defenses), got none")
+        check_defenses("--defenses", self.defenses)
+        check_defenses("--train-only", self.train_only)
+        if both := sorted(set(self.defenses) & set(self.train_only)):
+            raise UserError(f"--train-only repeats {', '.join(both)} from --defenses (those are trained anyway)")
+        if not self.threats or len(set(self.threats)) != len(self.threats):
+            raise UserError(f"--threats must name distinct threat models, got {','.join(self.threats) or 'none'}")
+        self.seeds = check_seeds(self.seeds)
+        if self.n_samples is not None and self.n_samples <= 0:
+            raise UserError(f"--n-samples must be a positive number of test images, got {self.n_samples}")
+        if unknown := sorted(set(self.threat_options) - set(self.threats)):
+            raise UserError(f"threat options for {', '.join(unknown)}, which the study does not run")
+        self.threat_models = {t: make_threat(t, self.threat_options.get(t)) for t in self.threats}
+        if self.executor not in {e.value for e in ExecutorName}:
+            raise UserError(f"--executor must be local or slurm, got '{self.executor}'")
+        if self.executor == ExecutorName.SLURM.value:
+            import_submitit()  # a missing extra fails now, before any work
+            self.slurm = self.slurm if self.slurm is not None else SlurmResources()
+        self.detectors = [name.strip() for name in self.detector.split(",") if name.strip()]
+        if not self.detectors or len(set(self.detectors)) != len(self.detectors):
+            raise UserError(f"--detectors must name distinct detectors, got '{self.detector}'")
+        for name in self.detectors:
+            chosen = make_detector(name)
+            for threat_model in self.threat_models.values():
+                threat_model.check_detector(chosen)
+        if self.results_dir is None:
+            self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
+
+    def steps(self) -> tuple[list[Any], list[Any]]:
+        """The trainings (every defense, per seed), then the evaluations (threat x defense, per seed)."""
+        def title(text: str, seed: int) -> str:
+            return f"{text}, seed {seed}" if len(self.seeds) > 1 else text
+
+        trainings = [Step(title(f"train {d}", s), ("train", "--defense", d, "--seed", str(s), *self._shared_argv()),
+                          lambda d=d, s=s: self._train(d, s))
+                     for s in self.seeds for d in [*self.defenses, *self.train_only]]
+        several = len(self.detectors) > 1
+        runs = [Step(title(f"{t} box, {d}" + (f", {k}" if several else ""), s),
+                     ("run", "--threat", t, "--defense", d, "--seed", str(s), *self._shared_argv(), *self._run_argv(t, k)),
+                     lambda t=t, d=d, s=s, k=k: self._evaluate(t, d, s, k), rank=self.threat_models[t].cost_rank)
+                for s in self.seeds for t in self.threats for k in self.detectors for d in self.defenses]
+        return trainings, runs
+
+    def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
+        """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
+        results_dir = Path(self.results_dir)  # type: ignore[arg-type]
+        log_dir = study_log_dir(results_dir)
+        trainings, evaluations = self.steps()
+        started = time.perf_counter()
+        if self.executor == ExecutorName.SLURM.value:
+            from pdm_bench.executors import run_jobs
+
+            run_phases(trainings, evaluations, run=lambda steps: run_jobs(steps, resources=self.slurm, log_dir=log_dir,
+                                                                           echo=self.log),
+                       how=f" as Slurm jobs, at most {self.slurm.max_parallel} at once", noun="jobs",
+                       advice="fix and rerun the same command: only what is missing is submitted", log=self.log,
+                       started=started)
+        elif jobs == 1:
+            run_in_turn([*trainings, *evaluations], log_dir=log_dir, log=self.log, started=started)
+        else:  # each step on its own GPU where there are several and the device is not pinned (cuda:N)
+            gpus = visible_gpus() if self.device in ("auto", "cuda") else []
+            run_phases(trainings, evaluations, run=lambda steps: run_parallel(steps, jobs=jobs, log_dir=log_dir,
+                                                                               echo=self.log,
+                                                                               gpus=gpus if len(gpus) > 1 else []),
+                       how=f", {jobs} at a time", noun="steps", advice="fix and rerun the same command to resume",
+                       log=self.log, started=started)
+        written = report(results_dir, out=out)
+        self.log(f"Study finished in {time.perf_counter() - started:.0f} s (this call; finished steps were reused). "
+                 f"Each step's time: {log_dir / STEP_TIMES}")
+        return written
+
+    def _shared_argv(self) -> list[str]:
+        argv = ["--dataset", self.dataset, "--preset", self.preset, "--device", self.device,
+                "--results-dir", str(self.results_dir), "--progress" if self.progress else "--no-progress"]
+        for flag, value in (("--epochs", self.epochs), ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
+            if value is not None:
+                argv += [flag, str(value)]
+        return argv
+
+    def _run_argv(self, threat: str, detector: str) -> list[str]:
+        """The detector, N, and each option of the threat model that differs from its default (as validated)."""
+        argv = ["--detector", detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
+        params = self.threat_models[threat].params
+        defaults = type(params)()
+        for option in fields(params):
+            if (value := getattr(params, option.name)) != getattr(defaults, option.name):
+                argv += ["-t", f"{option.name}={value}"]
+        return argv
+
+    def _train(self, defense: str, seed: int) -> Trained:
+        return train(dataset=self.dataset, defense=defense, preset=self.preset, epochs=self.epochs, seed=seed,
+                     data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device, progress=self.progress,
+                     log=self.log, results_dir=self.results_dir, command="python: pdm_bench.Study")
+
+    def _evaluate(self, threat: str, defense: str, seed: int, detector: str) -> None:
+        trained = self._train(defense, seed)
+        run_evaluation(trained, self.threat_models[threat], make_detector(detector), Path(self.results_dir),  # type: ignore[arg-type]
+                       n_samples=self.n_samples, geometry=True, progress=self.progress, log=self.log,
+                       command="python: pdm_bench.Study")
+
+
+def check_defenses(option: str, names: Sequence[str]) -> None:
+    """Each name is a registered defense (built-in or plugin; did-you-mean otherwise), none twice."""
+    registry = defense_registry()
+    for name in names:
+        registry.get(name)  # an unknown name fails now, with did-you-mean, before any training
+    if len(set(names)) != len(names):
+        raise UserError(f"{option} names a defense twice, got '{','.join(names)}'")
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    """Distinct non-negative integers, at least one."""
+    seeds = list(seeds)
+    if not seeds or min(seeds) < 0 or max(seeds) > MAX_SEED or len(set(seeds)) != len(seeds):
+        raise UserError(f"--seeds expects distinct non-negative integers up to {MAX_SEED}, e.g. 0,1,2, got '{','.join(map(str, seeds))}'")
+    return seeds
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0,1,2`` -> [0, 1, 2]: distinct non-negative integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"--seeds expects comma-separated non-negative integers, e.g. 0,1,2, got '{text}'") from None
+    return check_seeds(seeds)

@@ -75,7 +75,7 @@ def jacobian_frobenius(model: torch.nn.Module, x: torch.Tensor, *, device: torch
     norms = []
     for chunk in x.split(batch_size):
         inputs = chunk.to(device).requires_grad_(True)
-        embedding = model.embed(inputs)
+        embedding = model.embed(inputs)  # type: ignore[operator]
         squared = torch.zeros(len(inputs), device=device, dtype=torch.float64)
         for k in range(embedding.shape[1]):
             (row,) = torch.autograd.grad(embedding[:, k].sum(), inputs, retain_graph=k < embedding.shape[1] - 1)
@@ -106,10 +106,10 @@ def measure_geometry(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, *, de
         stage("Jacobian")
         jac = jacobian_frobenius(model, images, device=device)
         stage("Davies-Bouldin")
-        points = embeddings.double().numpy()
-        dbi = float(davies_bouldin_score(points, labels)) if len(np.unique(labels)) > 1 else math.nan
+        vectors = embeddings.double().numpy()
+        dbi = float(davies_bouldin_score(vectors, labels)) if len(np.unique(labels)) > 1 else math.nan
         stage("t-SNE")
-        coords = _tsne(points, seed) if tsne else None
+        coords = _tsne(vectors, seed) if tsne else None
         bar.update(1)
     return EmbeddingGeometry(len(chosen), dbi, margin, margin_mean, jac, coords, labels)
 

@@ -178,6 +178,18 @@ def make_detector(name: str = "kde", options: Mapping[str, Any] | None = None) -
     return build_options(cls, dict(options or {}), owner=f"detector '{name}'")  # type: ignore[return-value]
 
 
+def check_detector_view(detector: Detector, config: ModelConfig) -> None:
+    """The detector's view of an untrained model of ``config`` checked against the view contract, before training."""
+    import torch
+
+    from pdm_bench.detectors import check_view
+
+    with torch.random.fork_rng(devices=[]):  # the global generator as it was: training seeds its own
+        torch.manual_seed(0)
+        model = config.defense.build_model(config.plan.model).eval()
+    check_view(detector, model, input_shape=config.data.input_shape, num_classes=config.data.num_classes)
+
+
 def make_threat(name: str, options: Mapping[str, Any] | None = None) -> ThreatModel:
     """A threat model by registry name, with its options validated."""
     return threat_model_registry().get(name).from_options(dict(options or {}))  # type: ignore[no-any-return]
@@ -210,6 +222,9 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
     threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
     chosen = make_detector(detector) if isinstance(detector, str) else detector
     threat_model.check_detector(chosen)
+    from pdm_bench.detectors import check_view
+
+    check_view(chosen, trained.network, input_shape=trained.data.input_shape, num_classes=trained.data.num_classes)
     return run_evaluation(trained, threat_model, chosen, check_results_dir(results_dir), n_samples=n_samples,
                           geometry=geometry, progress=progress, log=log, command=command)
 
@@ -237,8 +252,14 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
     evaluation = Evaluation(data, entry, threat.name, detector, indices, store, device, entry.plan.seed,
                             settings=threat.settings(), log=log, progress=progress)
     rows = threat.run(evaluation)
+    from pdm_bench.options import option_values
+    from pdm_bench.records import component_version
+
     details = {"threat": threat.name, "n_samples": len(indices), "detector": detector.label,
-               **detector.fitted_values(), **threat.params.as_dict()}
+               **detector.fitted_values(), **threat.params.as_dict(),
+               "detector_name": detector.name, "detector_options": option_values(detector),
+               "detector_version": component_version(detector), "threat_options": threat.params.as_dict(),
+               "threat_version": component_version(threat)}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
            run_ids={r.run_id for r in rows} | {entry.key}, progress=progress)
     log(f"\n{threat.heading or f'Threat model {threat.name!r}'} results ({entry.defense.name} on {data.name}, N={len(indices)}, "
@@ -251,7 +272,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
 def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,
            run_ids: set[str] | None = None, progress: bool = False) -> None:
     """The model's rows (Table 1 accuracy, embedding geometry) and the provenance of each run."""
-    from pdm_bench.records import component_version, record_model, record_run
+    from pdm_bench.records import component_version, record_model, record_run, weights_provenance
     from pdm_bench.results import ResultsStore
 
     data, entry, device = trained.data, trained.record, trained.device
@@ -264,7 +285,7 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
                    details={"dataset": data.name, "preset": entry.plan.preset, "seed": entry.plan.seed,
                             "defense": entry.defense.name, "defense_options": entry.defense.options(),
                             "defense_version": component_version(entry.defense), "epochs": entry.plan.epochs,
-                            "model": entry.key, **details})
+                            "model": entry.key, **weights_provenance(entry), **details})
 
 
 def report(results_dir: str | Path | Sequence[str | Path] = "pdm-results", *, out: str | Path | None = None) -> list[Path]:

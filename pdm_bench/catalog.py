@@ -57,7 +57,8 @@ def _parse(module: str) -> tuple[dict[str, ast.ClassDef], dict[str, tuple[str, s
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         raise _Unreadable(module)
     tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    classes, imports = {}, {}
+    classes: dict[str, ast.ClassDef] = {}
+    imports: dict[str, tuple[str, str]] = {}
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             classes[node.name] = node
@@ -65,7 +66,7 @@ def _parse(module: str) -> tuple[dict[str, ast.ClassDef], dict[str, tuple[str, s
             source = importlib.util.resolve_name("." * node.level + (node.module or ""), spec.parent) if node.level \
                 else node.module
             for alias in node.names:
-                imports[alias.asname or alias.name] = (source, alias.name)
+                imports[alias.asname or alias.name] = (source or "", alias.name)
     return classes, imports
 
 

@@ -217,6 +217,7 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     api.check_results_dir(results_dir)
     config = _resolve(**options)
     api.sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training
+    api.check_detector_view(chosen, config)  # a plugin detector's view of the model, before training
     trained = _train(config, options["progress"])
     api.run_evaluation(trained, threat_model, chosen, results_dir, n_samples=n_samples, geometry=geometry,
                        progress=_progress(options["progress"]), log=click.echo, command=_command_line())

@@ -68,7 +68,7 @@ class WrappedModel(nn.Module):
         self.embedding = nn.Identity()
         self.embedding_layer = embedding_layer
         self.delegates = embedding_layer == EMBEDDING_LAYER and isinstance(network, EmbeddingClassifier)
-        sign = float(network.logit_sign) if self.delegates else 1.0  # type: ignore[attr-defined]
+        sign = float(network.logit_sign) if self.delegates else 1.0  # type: ignore[arg-type, attr-defined]
         self.register_buffer("logit_sign", torch.tensor(-sign if negate_logits else sign))
         if not self.delegates:
             self._layer()  # fail now on a bad name

@@ -63,7 +63,7 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
     """First 16 hex chars of the sha256 of the arrays' bytes (in order)."""
     digest = hashlib.sha256()
     for a in arrays:
-        digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        digest.update(memoryview(np.ascontiguousarray(a)).cast("B"))  # type: ignore[arg-type]
     return digest.hexdigest()[:16]
 
 
@@ -118,7 +118,7 @@ def _load_digits() -> Dataset:
 def _make(name: str, x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
           classes: tuple[str, ...]) -> Dataset:
     arrays = [np.ascontiguousarray(a) for a in (x_tr, y_tr, x_te, y_te)]
-    return Dataset(name, *arrays, class_names=classes, fingerprint=fingerprint_arrays(*arrays))
+    return Dataset(name, *arrays, class_names=classes, fingerprint=fingerprint_arrays(*arrays))  # type: ignore[arg-type, misc]
 
 
 def _cache_stem(cache_dir: str | Path, name: str, source: Source) -> tuple[Path, str]:
@@ -186,7 +186,7 @@ def _write_cache(stem: Path, safe: str, x_all: np.ndarray, **meta: np.ndarray) -
     try:
         stem.parent.mkdir(parents=True, exist_ok=True)
         atomic(Path(f"{stem}.npy"), lambda f: np.save(f, x_all))
-        atomic(Path(f"{stem}.npz"), lambda f: np.savez(f, **meta))
+        atomic(Path(f"{stem}.npz"), lambda f: np.savez(f, **meta))  # type: ignore[arg-type]
     except OSError as exc:
         warnings.warn(f"could not write dataset cache {stem}.npy/.npz: {exc}", stacklevel=3)
         return

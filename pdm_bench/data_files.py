@@ -35,7 +35,7 @@ LAYOUTS = {
 # All a CIFAR-10 pickle may reference (numpy arrays; _codecs.encode is how Python 3 protocol-2 pickles store bytes).
 _PICKLE_GLOBALS: dict[tuple[str, str], object] = {
     ("_codecs", "encode"): codecs.encode, ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
-    **{(mod, fn.__name__): fn for mod in ("numpy.core.multiarray", "numpy._core.multiarray")
+    **{(mod, fn.__name__): fn for mod in ("numpy.core.multiarray", "numpy._core.multiarray")  # type: ignore[union-attr]
        for fn in (np.zeros(0).__reduce__()[0], np.zeros(1)[0].__reduce__()[0])},  # _reconstruct, scalar
 }
 

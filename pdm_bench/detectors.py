@@ -47,8 +47,11 @@ class Detector(ABC):
 
     @property
     def label(self) -> str:
-        """How rows and the report's columns name this detector (its name; a variant may add what sets it apart)."""
-        return self.name
+        """How rows and the report's columns name this detector: its name, with the options that differ from their
+        defaults (``maxsoftmax[temperature=1000]``), so two configurations never share a column."""
+        from pdm_bench.options import non_default_options, variant_label
+
+        return variant_label(self.name, non_default_options(self))
 
     @abstractmethod
     def fit(self, embeddings: torch.Tensor, labels: torch.Tensor, *, num_classes: int, seed: int) -> None:
@@ -64,8 +67,13 @@ class Detector(ABC):
                         "through one (set differentiable = True and implement torch_score)")
 
     def view(self, model: torch.nn.Module) -> torch.nn.Module:
-        """The model as this detector reads it: ``model`` itself (its embedding), or a view whose
-        ``embed_and_logits`` gives the features the detector reads (see :mod:`pdm_bench.features`)."""
+        """The model as this detector reads it: ``model`` itself (its embedding), or a view of it.
+
+        The view contract (checked by :func:`check_view` before any training): an ``nn.Module`` with
+        ``embed_and_logits(x) -> (features (N, D), raw logits (N, C))`` whose logits are ``model``'s (the same
+        predictions), the attribute ``logit_sign`` (+1, or -1 for a model that predicts with the negated logits), and a
+        top-level child module named ``embedding`` (ART reads activations by that name): see
+        :class:`pdm_bench.features.LayerFeatures`, which wraps a model so."""
         return model
 
     @property
@@ -139,6 +147,8 @@ class KDEDetector(Detector):
 
     def run_key(self) -> dict[str, Any]:
         key: dict[str, Any] = {"bandwidth": round(self.fitted().bandwidth, 8)}  # as before detectors were components
+        if self.points_per_class != 1000:  # other kernel points, other scores: another run (the default's id as before)
+            key["points_per_class"] = self.points_per_class
         return key if self.name == "kde" else {**key, "detector": self.name}  # a subclass (plugin) is another detector
 
     def fitted_values(self) -> dict[str, float]:
@@ -148,6 +158,43 @@ class KDEDetector(Detector):
         how = "fixed" if self.bandwidth else "max leave-one-out likelihood on clean training embeddings"
         return (f"Detector: Gaussian KDE, {self.points_per_class} points per class, bandwidth "
                 f"{self.fitted().bandwidth:.4g} ({how})")
+
+
+def check_view(detector: Detector, model: torch.nn.Module, *, input_shape: tuple[int, ...], num_classes: int) -> None:
+    """Refuse, in one line, a detector whose :meth:`Detector.view` of ``model`` breaks the view contract (checked on a
+    batch of zeros, on a copy of the detector, so nothing of it is changed)."""
+    import copy
+
+    from pdm_bench.contract import EMBEDDING_LAYER
+
+    owner = f"Detector '{detector.name}': its view of the model"
+    training = model.training  # in eval mode for the check: a forward pass in train mode would move BatchNorm's stats
+    try:
+        view = copy.deepcopy(detector).view(model)
+        device = next(iter(model.parameters())).device
+        view.eval()
+        model.eval()
+        with torch.no_grad():
+            features, logits = view.embed_and_logits(torch.zeros(2, *input_shape, device=device))  # type: ignore[operator]
+            _, own = model.embed_and_logits(torch.zeros(2, *input_shape, device=device))  # type: ignore[operator]
+    except UserError:
+        raise
+    except Exception as error:  # a plugin's view: any failure is a broken contract
+        raise UserError(f"{owner} failed on a batch of zeros: {type(error).__name__}: {error}") from None
+    finally:
+        model.train(training)
+    problems = []
+    if not isinstance(view, torch.nn.Module) or not isinstance(getattr(view, EMBEDDING_LAYER, None), torch.nn.Module):
+        problems.append(f"must be an nn.Module with a top-level '{EMBEDDING_LAYER}' module")
+    if getattr(view, "logit_sign", None) not in (1, -1, 1.0, -1.0):
+        problems.append("must have logit_sign +1 or -1")
+    if not (isinstance(features, torch.Tensor) and features.ndim == 2 and len(features) == 2):
+        problems.append("embed_and_logits must return features of shape (N, D)")
+    if not (isinstance(logits, torch.Tensor) and tuple(logits.shape) == (2, num_classes)
+            and torch.allclose(logits, own, atol=1e-4)):
+        problems.append(f"embed_and_logits must return the model's own logits, shape (N, {num_classes})")
+    if problems:
+        raise UserError(f"{owner} breaks the view contract (see Detector.view): {'; '.join(problems)}")
 
 
 def kernel_indices(labels: np.ndarray, num_classes: int, per_class: int, seed: int) -> np.ndarray:

@@ -119,7 +119,7 @@ class LayeredDetector(Detector):
         be columns of one report."""
         parts = ["+".join(self.layer_names)] if self.layer_names else []
         parts += [f"head {self.head_attack}"] if self.head_attack else []
-        parts += [f"input noise {self.input_noise:g}"] if getattr(self, "input_noise", 0.0) else []
+        parts += [f"input noise {self.input_noise:g}"] if getattr(self, "input_noise", 0.0) else []  # type: ignore[attr-defined]
         return f"{self.name}[{'; '.join(parts)}]" if parts else self.name
 
     def describe_layers(self) -> str:

@@ -57,7 +57,7 @@ class LayerFeatures(nn.Module):
 
     @property
     def logit_sign(self) -> torch.Tensor:  # type: ignore[override]
-        return self.model.logit_sign
+        return self.model.logit_sign  # type: ignore[return-value]
 
     def embed_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features, raw = self._features_and_logits(x)
@@ -71,7 +71,7 @@ class LayerFeatures(nn.Module):
         handles = [modules[name].register_forward_hook(
             lambda _m, _i, output, name=name: captured.__setitem__(name, output)) for name in self.layers]
         try:
-            embedding, raw = self.model.embed_and_logits(x)
+            embedding, raw = self.model.embed_and_logits(x)  # type: ignore[operator]
         finally:
             for handle in handles:
                 handle.remove()

@@ -24,7 +24,7 @@ def embed_and_predict(model: torch.nn.Module, x: np.ndarray | torch.Tensor, *, d
     with tqdm(total=len(images), desc=progress, unit="img", disable=progress is None, leave=False,
               dynamic_ncols=True) as bar:
         for chunk in images.split(batch_size):
-            embedding, raw_logits = model.embed_and_logits(chunk.to(device))
+            embedding, raw_logits = model.embed_and_logits(chunk.to(device))  # type: ignore[operator]
             embeddings.append(embedding.cpu())
             predictions.append((raw_logits * model.logit_sign).argmax(dim=1).cpu())
             bar.update(len(chunk))

@@ -93,8 +93,8 @@ class ResNet(nn.Module):
         folded = copy.deepcopy(self).eval()
         for module in folded.modules():
             if isinstance(module, BasicBlock):
-                module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()
-                module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()
+                module.conv1, module.bn1 = fuse_conv_bn_eval(module.conv1, module.bn1), nn.Identity()  # type: ignore[assignment]
+                module.conv2, module.bn2 = fuse_conv_bn_eval(module.conv2, module.bn2), nn.Identity()  # type: ignore[assignment]
             elif isinstance(module, nn.Sequential) and len(module) >= 2 and isinstance(module[0], nn.Conv2d) \
                     and isinstance(module[1], nn.BatchNorm2d):  # the stem and the projection shortcuts
                 module[0], module[1] = fuse_conv_bn_eval(module[0], module[1]), nn.Identity()
@@ -105,5 +105,5 @@ def build_model(spec: ModelSpec, *, negate_logits: bool = False) -> ResNet:
     """A fresh ResNet; ``negate_logits`` makes it predict with -z (reverse cross-entropy models)."""
     model = ResNet(spec)
     if negate_logits:
-        model.logit_sign.fill_(-1.0)
+        model.logit_sign.fill_(-1.0)  # type: ignore[operator]
     return model

@@ -72,3 +72,34 @@ def parse_value(owner: str, key: str, text: str, hint: Any) -> Any:
 def describe_options(cls: type) -> str:
     """``name=default, ...`` of a component's options ('' when it has none)."""
     return ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls) if f.init)
+
+
+def option_values(component: object) -> dict[str, Any]:
+    """The values of a dataclass component's options (its ``init`` fields)."""
+    return {f.name: getattr(component, f.name) for f in dataclasses.fields(component) if f.init}  # type: ignore[arg-type]
+
+
+def non_default_options(component: object) -> dict[str, Any]:
+    """The options of a dataclass component that differ from their declared defaults."""
+    changed = {}
+    for f in dataclasses.fields(component):  # type: ignore[arg-type]
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        value = getattr(component, f.name)
+        if default is dataclasses.MISSING or value != default:
+            changed[f.name] = value
+    return changed
+
+
+def variant_label(name: str, changed: Mapping[str, Any]) -> str:
+    """``name`` at its defaults; ``name[k=v, ...]`` with the options that differ, so each configuration of a component
+    is its own column in a report."""
+    if not changed:
+        return name
+    return f"{name}[{', '.join(f'{k}={v:g}' if isinstance(v, float) else f'{k}={v}' for k, v in sorted(changed.items()))}]"

@@ -107,10 +107,19 @@ def versions() -> dict[str, str]:
     return found
 
 
+def _distributions_pointing_at(module: str) -> list[str]:
+    """Distributions whose pdm-bench entry points name ``module`` (for installs that list no top-level modules)."""
+    found = []
+    for dist in metadata.distributions():
+        if any(p.group.startswith("pdm_bench.") and p.value.split(":")[0].split(".")[0] == module for p in dist.entry_points):
+            found.append(dist.metadata["Name"])
+    return found
+
+
 def component_version(component: object) -> str:
     """The distribution and version a class (a defense, a plugin's) was installed from, e.g. ``pdm-bench 0.1.0``."""
     module = type(component).__module__.split(".")[0]
-    names = dict.fromkeys(metadata.packages_distributions().get(module, []))
+    names = dict.fromkeys(metadata.packages_distributions().get(module, []) or _distributions_pointing_at(module))
     found = []
     for name in names:
         try:
@@ -118,6 +127,22 @@ def component_version(component: object) -> str:
         except metadata.PackageNotFoundError:
             continue
     return ", ".join(found) or f"{module} (not installed as a package)"
+
+
+def weights_provenance(trained: TrainedModel) -> dict[str, Any]:
+    """The sha256 of the model's weights file and what trained it (CPU capability, threads; 'not recorded' for models
+    trained before it was recorded)."""
+    import hashlib
+
+    path = trained.run_dir / "model.pt"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "no weights file (a wrapped model)"
+    meta_path = trained.run_dir / "meta.json"
+    trained_on: Any = "not recorded"
+    try:
+        trained_on = json.loads(meta_path.read_text(encoding="utf-8")).get("trained_on", trained_on)
+    except (OSError, ValueError, AttributeError):
+        pass
+    return {"weights_sha256": digest, "trained_on": trained_on}
 
 
 def device_description(device: torch.device) -> str:

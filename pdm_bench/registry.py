@@ -13,9 +13,14 @@ import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pdm_bench.errors import UserError, unknown_name_error
+
+if TYPE_CHECKING:
+    from pdm_bench.defense import Defense
+    from pdm_bench.detectors import Detector
+    from pdm_bench.threat import ThreatModel
 
 T = TypeVar("T")
 
@@ -170,8 +175,8 @@ def _checker(base: str, group: str) -> Callable[[str, object], type]:
     return check
 
 
-def _registry(kind: str, base: str, builtins: dict[str, str], group: str, plugins: bool) -> Registry[type]:
-    registry: Registry[type] = Registry(kind, check=_checker(base, group))
+def _registry(kind: str, base: str, builtins: dict[str, str], group: str, plugins: bool) -> Registry[Any]:
+    registry: Registry[Any] = Registry(kind, check=_checker(base, group))
     for name, target in builtins.items():
         registry.register(name, target)
     if plugins:
@@ -179,18 +184,18 @@ def _registry(kind: str, base: str, builtins: dict[str, str], group: str, plugin
     return registry
 
 
-def defense_registry(*, plugins: bool = True) -> Registry[type]:
+def defense_registry(*, plugins: bool = True) -> Registry[type[Defense]]:
     """A fresh registry of the built-in defenses plus, unless ``plugins=False``, the installed plugins."""
     return _registry("defense", "pdm_bench.defenses.base:Defense", BUILTIN_DEFENSES, DEFENSE_ENTRY_POINT_GROUP, plugins)
 
 
-def detector_registry(*, plugins: bool = True) -> Registry[type]:
+def detector_registry(*, plugins: bool = True) -> Registry[type[Detector]]:
     """Detectors: ``kde`` plus installed plugins (subclasses of :class:`pdm_bench.detectors.Detector`)."""
     return _registry("detector", "pdm_bench.detectors:Detector", BUILTIN_DETECTORS, DETECTOR_ENTRY_POINT_GROUP,
                      plugins)
 
 
-def threat_model_registry(*, plugins: bool = True) -> Registry[type]:
+def threat_model_registry(*, plugins: bool = True) -> Registry[type[ThreatModel]]:
     """Threat models: gray, white, black plus installed plugins (subclasses of :class:`pdm_bench.threat.ThreatModel`)."""
     return _registry("threat model", "pdm_bench.threat:ThreatModel", BUILTIN_THREAT_MODELS,
                      THREAT_MODEL_ENTRY_POINT_GROUP, plugins)

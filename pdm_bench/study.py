@@ -79,12 +79,13 @@ class Study:
             return f"{text}, seed {seed}" if len(self.seeds) > 1 else text
 
         trainings = [Step(title(f"train {d}", s), ("train", "--defense", d, "--seed", str(s), *self._shared_argv()),
-                          lambda d=d, s=s: self._train(d, s))
+                          lambda d=d, s=s: self._train(d, s))  # type: ignore[misc]
                      for s in self.seeds for d in [*self.defenses, *self.train_only]]
         several = len(self.detectors) > 1
         runs = [Step(title(f"{t} box, {d}" + (f", {k}" if several else ""), s),
                      ("run", "--threat", t, "--defense", d, "--seed", str(s), *self._shared_argv(), *self._run_argv(t, k)),
-                     lambda t=t, d=d, s=s, k=k: self._evaluate(t, d, s, k), rank=self.threat_models[t].cost_rank)
+                     lambda t=t, d=d, s=s, k=k: self._evaluate(t, d, s, k),  # type: ignore[misc]
+                     rank=self.threat_models[t].cost_rank)
                 for s in self.seeds for t in self.threats for k in self.detectors for d in self.defenses]
         return trainings, runs
 

@@ -196,8 +196,8 @@ def mark_best(table: Table, *, higher_is_better: bool = True) -> None:
     for row in table.rows:
         for group in dict.fromkeys(g for g, _ in table.columns):
             cols = [c for c in table.columns if c[0] == group]
-            shown = {c: round(table.cell(row, c).value * table.scale, table.digits) for c in cols
-                     if table.cell(row, c).value is not None and math.isfinite(table.cell(row, c).value)}
+            shown = {c: round(table.cell(row, c).value * table.scale, table.digits) for c in cols  # type: ignore[operator]
+                     if table.cell(row, c).value is not None and math.isfinite(table.cell(row, c).value)}  # type: ignore[arg-type]
             if len(shown) < 2:
                 continue
             target = max(shown.values()) if higher_is_better else min(shown.values())

@@ -129,9 +129,16 @@ def train_or_load(
             on_epoch_end(epoch)
 
     accuracy = history[-1]["test_accuracy"] if history else evaluate_accuracy(model, test_x, test_y, device=device)
-    entry.finish(model.state_dict(), test_accuracy=accuracy, history=history)
+    entry.finish(model.state_dict(), test_accuracy=accuracy, history=history, trained_on=compute_environment(device))
     checkpoint_path.unlink(missing_ok=True)
     return TrainedModel(model, defense, plan, key, run_dir, accuracy, False, history)
+
+
+def compute_environment(device: torch.device) -> dict[str, Any]:
+    """What else decides a model's weights besides its config: the CPU's vector capability, torch's thread count and
+    version, the device (the same config trains other weights on another CPU or thread count)."""
+    return {"device": str(device), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": torch.get_num_threads(), "torch": torch.__version__}
 
 
 def make_optimizer(model: nn.Module, plan: TrainPlan) -> torch.optim.Optimizer:

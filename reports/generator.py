@@ -185,6 +185,26 @@ def checklist_csv(checks: dict[str, Any]) -> str:
     return buffer.getvalue()
 
 
+def components(record: dict[str, Any]) -> str:
+    """The detector's and the threat model's options and the package that supplied each, and the weights' sha256
+    with what trained them, from a run's record ('not recorded' for runs recorded before these were)."""
+    def options(value: Any) -> str:
+        return ", ".join(f"{k}={v}" for k, v in value.items()) or "defaults" if isinstance(value, dict) else "not recorded"
+
+    parts = []
+    if "detector_name" in record:
+        parts.append(f"detector {record['detector_name']} ({options(record.get('detector_options'))}; "
+                     f"{record.get('detector_version', 'package not recorded')})")
+    if "threat_options" in record:
+        parts.append(f"threat {record.get('threat')} ({options(record['threat_options'])}; "
+                     f"{record.get('threat_version', 'package not recorded')})")
+    if "weights_sha256" in record:
+        trained_on = record.get("trained_on")
+        how = ", ".join(f"{k} {v}" for k, v in trained_on.items()) if isinstance(trained_on, dict) else str(trained_on)
+        parts.append(f"weights sha256 {str(record['weights_sha256'])[:16]} (trained on: {how})")
+    return "; ".join(parts) or "not recorded"
+
+
 def provenance(index: RowIndex, runs: dict[str, Any]) -> dict[str, Any]:
     """Dataset notes, and for each run the tables and figures use: preset, seed, N, bandwidth, versions, device,
     commit; ``runs``: the run records (``runs/<run id>.json``) of the results directories."""
@@ -201,6 +221,7 @@ def provenance(index: RowIndex, runs: dict[str, Any]) -> dict[str, Any]:
             described += f"; {record['defense_version']}"
         used.append({"run_id": run_id, "dataset": first.dataset, "preset": first.preset, "seed": first.seed,
                      "defense": index.defense_label[run_id], "options": described or "none", "threat": first.threat,
+                     "components": components(record),
                      "n": clean.n if clean else "",
                      "bandwidth": f"{bandwidth:.4g}" if bandwidth is not None else "",
                      "date": index.run_time[run_id], "command": record.get("command", "not recorded"),

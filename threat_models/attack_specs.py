@@ -45,17 +45,21 @@ class AttackSpec:
     name: str
     family: str  # fgsm, bim, cw, jsma, or a plugin's own
     params: dict[str, Any] = field(default_factory=dict)
-    # A plugin's attack: (classifier, targeted, batch_size) -> EvasionAttack; None for the built-in families.
+    # A plugin's attack: (classifier, *, targeted, batch_size[, rng]) -> EvasionAttack; None for the built-in families.
+    # A factory that takes ``rng`` gets a numpy Generator seeded from the run's seed; either way ``generate`` runs with
+    # numpy's and Python's global random state seeded from it (pdm_bench.seeding), so a run id gives the same images.
     factory: Callable[..., EvasionAttack] | None = field(default=None, compare=False)
 
 
 def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: AttackBackend, targeted: bool,
-                 batch_size: int = 128, verbose: bool = False) -> EvasionAttack:
-    """An ART ``EvasionAttack`` for ``spec`` against ``classifier``."""
+                 batch_size: int = 128, verbose: bool = False, seed: int = 0) -> EvasionAttack:
+    """An ART ``EvasionAttack`` for ``spec`` against ``classifier``; a plugin factory that takes ``rng`` gets a
+    generator seeded with ``seed``."""
     from art.attacks.evasion import BasicIterativeMethod, CarliniL2Method, FastGradientMethod, SaliencyMapMethod
 
     if spec.factory is not None:
-        return spec.factory(classifier, targeted=targeted, batch_size=batch_size)
+        extra = {"rng": np.random.default_rng(seed)} if _takes(spec.factory, "rng") else {}
+        return spec.factory(classifier, targeted=targeted, batch_size=batch_size, **extra)
     p = spec.params
     if spec.family == "fgsm":
         return FastGradientMethod(classifier, norm=np.inf, eps=p["eps"], targeted=targeted, batch_size=batch_size)
@@ -85,6 +89,17 @@ def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: At
 
         return SaliencyMapTorch(classifier, theta=p["theta"], gamma=p["gamma"], batch_size=batch_size, verbose=verbose)
     raise UserError(f"Attack '{spec.name}': expected a family fgsm, bim, cw or jsma or a factory, got {spec.family!r}")
+
+
+def _takes(function: Callable[..., Any], name: str) -> bool:
+    """Whether ``function`` accepts the keyword ``name`` (or any keyword)."""
+    import inspect
+
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def build_cw_attack(classifier: PyTorchClassifier, *, kde: Any = None, log_tau: torch.Tensor | None = None,

@@ -20,6 +20,7 @@ from pdm_bench.checklist import Check, Lookup, falls, fmt, no_higher
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.figures import Figure
 from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate
+from pdm_bench.seeding import attack_seed, seeded_global_rngs
 from pdm_bench.results import Metric, ResultRow, Threat, flow_metric, fpr_metric, value_getter
 from pdm_bench.tables import FIXED_FPR_TITLE, RowIndex, Table, attack_table, fixed_fpr_table
 from pdm_bench.threat import ThreatParams
@@ -129,10 +130,14 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
         is_targeted = bool(params(spec)["targeted"])
         goal = targets if is_targeted else y
         attack = build_attack(spec, classifier, backend=backend, targeted=is_targeted, batch_size=batch_size,
-                              verbose=ev.progress)
+                              verbose=ev.progress, seed=attack_seed(ev.seed, spec.name))
         one_hot = np.eye(data.num_classes)[goal]
-        return ev.cached_adversarials(spec.name, params(spec), lambda part: attack.generate(x[part], y=one_hot[part]),
-                                      detector_free=True)  # the gray box's attacks ignore the detector
+
+        def make(part: slice) -> np.ndarray:  # seeded per chunk: a resumed run makes the same images
+            with seeded_global_rngs(attack_seed(ev.seed, spec.name, part.start or 0)):
+                return attack.generate(x[part], y=one_hot[part])
+
+        return ev.cached_adversarials(spec.name, params(spec), make, detector_free=True)  # they ignore the detector
 
     for spec in specs:
         if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, Metric.AUC)):

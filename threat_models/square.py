@@ -4,7 +4,6 @@ gradients."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 import numpy as np
@@ -12,6 +11,7 @@ import torch
 from art.attacks.evasion import SquareAttack
 from art.estimators.classification import PyTorchClassifier
 
+from pdm_bench.seeding import seeded_global_rngs
 from pdm_bench.threat_models.cw_kde import DensityScore
 
 
@@ -64,11 +64,5 @@ class SquareWithReject:
         """Adversarial examples for ``x`` with true labels ``y`` (indices); numpy's and Python's global generators
         (ART's L2 Square draws from both) are seeded for the call and restored after it."""
         one_hot = np.eye(self.nb_classes + 1, dtype=np.float32)[np.asarray(y)]
-        state, python_state = np.random.get_state(), random.getstate()
-        np.random.seed(self.seed)
-        random.seed(self.seed)
-        try:
+        with seeded_global_rngs(self.seed):
             return self.attack.generate(x.astype(np.float32), y=one_hot)
-        finally:
-            np.random.set_state(state)
-            random.setstate(python_state)

@@ -259,7 +259,7 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
                **detector.fitted_values(), **threat.params.as_dict(),
                "detector_name": detector.name, "detector_options": option_values(detector),
                "detector_version": component_version(detector), "threat_options": threat.params.as_dict(),
-               "threat_version": component_version(threat)}
+               "threat_version": component_version(threat), "attack_packages": plugin_attack_packages(threat)}
     record(trained, results_dir, geometry=geometry, details=details, command=command, log=log,
            run_ids={r.run_id for r in rows} | {entry.key}, progress=progress)
     log(f"\n{threat.heading or f'Threat model {threat.name!r}'} results ({entry.defense.name} on {data.name}, N={len(indices)}, "
@@ -267,6 +267,20 @@ def run_evaluation(trained: Trained, threat: ThreatModel, detector: Detector, re
     log(threat.summary(rows))
     log(f"Rows in {store.path}")
     return rows
+
+
+def plugin_attack_packages(threat: ThreatModel) -> dict[str, str]:
+    """The distribution and version of each plugin attack a threat model runs (its ``params.attack_names()``)."""
+    from pdm_bench.records import module_version
+    from pdm_bench.registry import BUILTIN_THREAT_MODELS
+
+    names = getattr(threat.params, "attack_names", None)
+    if names is None or threat.name not in BUILTIN_THREAT_MODELS:
+        return {}
+    from pdm_bench.threat_models.attack_specs import parse_attack
+
+    specs = [parse_attack(name) for name in names()]
+    return {spec.name: module_version(getattr(spec.factory, "__module__", "")) for spec in specs if spec.factory is not None}
 
 
 def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict[str, Any], command: str, log: Log,

@@ -118,7 +118,12 @@ def _distributions_pointing_at(module: str) -> list[str]:
 
 def component_version(component: object) -> str:
     """The distribution and version a class (a defense, a plugin's) was installed from, e.g. ``pdm-bench 0.1.0``."""
-    module = type(component).__module__.split(".")[0]
+    return module_version(type(component).__module__)
+
+
+def module_version(module_name: str) -> str:
+    """The distribution and version that installed the module ``module_name`` (e.g. a plugin attack's factory's)."""
+    module = module_name.split(".")[0]
     names = dict.fromkeys(metadata.packages_distributions().get(module, []) or _distributions_pointing_at(module))
     found = []
     for name in names:

@@ -198,6 +198,9 @@ def components(record: dict[str, Any]) -> str:
     if "threat_options" in record:
         parts.append(f"threat {record.get('threat')} ({options(record['threat_options'])}; "
                      f"{record.get('threat_version', 'package not recorded')})")
+    attacks = record.get("attack_packages")
+    if isinstance(attacks, dict) and attacks:
+        parts.append("plugin attacks " + ", ".join(f"{name} ({package})" for name, package in sorted(attacks.items())))
     if "weights_sha256" in record:
         trained_on = record.get("trained_on")
         how = ", ".join(f"{k} {v}" for k, v in trained_on.items()) if isinstance(trained_on, dict) else str(trained_on)

@@ -104,6 +104,12 @@ def test_a_plugin_attack_with_a_random_start_gives_the_same_images_in_any_result
         arrays.append(np.load(stored))
         ids |= _run_ids(results)
     assert len(ids) == 1
+    (run_id,) = ids
+    record = json.loads((tmp_path / "results0" / "runs" / f"{run_id}.json").read_text())
+    assert record["attack_packages"] == {"rpgd": "pdm-rpgd 0.1.0"}
+    out = tmp_path / "report"
+    assert cli("report", "--results-dir", str(tmp_path / "results0"), "--out", str(out)).code == 0
+    assert "rpgd (pdm-rpgd 0.1.0)" in (out / "report.html").read_text()
     assert not np.array_equal(arrays[0], np.clip(arrays[0], 0, 0))  # images were made
     assert all(np.array_equal(arrays[0], a) for a in arrays[1:])
 

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import astuple, dataclass, fields
 from enum import Enum
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pdm_bench.errors import UserError
 from pdm_bench.storage import atomic_write_text, file_lock
@@ -270,7 +270,7 @@ def _parse(text: str, path: Path) -> _Parsed:
         try:
             if len(record) != len(header):
                 raise ValueError(f"expected {len(header)} fields, got {len(record)}")
-            values = dict(zip(header, record))
+            values: dict[str, Any] = dict(zip(header, record))
             rows.append(ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
                                      "n": int(values["n"])}))
         except ValueError as error:

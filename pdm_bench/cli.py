@@ -98,7 +98,7 @@ GEOMETRY_OPTION = click.option(
     help="With a results directory: measure the embedding (Davies-Bouldin index, t-SNE, Eq. 4 margin and Jacobian).")
 
 
-@cli.command()
+@cli.command(short_help="Train a defense, or reuse its cached model.")
 @model_options
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Also record the clean accuracy and the embedding geometry in RESULTS_DIR/results.csv (for reports).")
@@ -111,6 +111,8 @@ def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
 
         check_results_dir(results_dir)
     _train(_resolve(**options), options["progress"], results_dir=results_dir, geometry=geometry)
+    click.echo(f"Next: pdm-bench run --threat gray --defense {options['defense']} --dataset {options['dataset']} "
+               "(the same options reuse this model), then pdm-bench report")
 
 
 # The built-in threat models' own flags (each class's ``flags`` says which apply to it); None = not given.
@@ -192,8 +194,8 @@ def _apply_flags(command: Callable[..., None]) -> Callable[..., None]:
     return _apply([*THREAT_FLAGS, *DETECTOR_FLAGS], command)
 
 
-@cli.command(name="run")
-@click.option("--threat", required=True, help="A threat model: gray, white, black or a plugin's (`pdm-bench list`).")
+@cli.command(name="run", short_help="Evaluate a defense under a threat model.")
+@click.option("--threat", default=None, help="A threat model: gray, white, black, adaptive or a plugin's (`pdm-bench list`).")
 @model_options
 @click.option("--n-samples", type=int, default=None,
               help="Test images to attack (paper: 1000) [default: the preset's, quick 200, paper 1000].")
@@ -205,6 +207,8 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
                 detector_option_pairs: tuple[str, ...], bandwidth: float | None, kde_points: int | None,
                 threat_option_pairs: tuple[str, ...], **options: Any) -> None:
     """Evaluate a defense under a threat model and append the results to RESULTS_DIR/results.csv."""
+    if threat is None:
+        raise UserError(f"--threat is required: one of {', '.join(threat_model_registry().names())}")
     threat_model_registry().require(threat)  # names first: a typo fails before torch is imported
     defense_registry().require(options["defense"])
     detector_registry().require(detector)
@@ -224,7 +228,7 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     click.echo(f"Tables and figures from these rows: pdm-bench report --results-dir {results_dir}")
 
 
-@cli.command()
+@cli.command(short_help="Tables, figures and report.html from results.")
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), multiple=True,
               help="Where `run` / `paper` wrote results.csv [default: pdm-results]; repeat it to put several studies "
                    "(e.g. MNIST and CIFAR-10) in one report.")
@@ -242,7 +246,7 @@ STUDY_ATTACKED = "baseline,rce,pdm"  # the paper's Tables 2-4
 STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
 
 
-@cli.command()
+@cli.command(short_help="The whole study: train, attack, report.")
 @study_options
 @click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="[default: pdm-results/DATASET-PRESET]")
@@ -355,7 +359,7 @@ def _list_components(title: str, registry: Registry[Any]) -> None:
         click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
 
 
-@cli.command(name="list")
+@cli.command(name="list", short_help="Components, data sets, presets, devices.")
 def list_command() -> None:
     """List defenses, detectors, threat models and attacks (with their options), datasets, presets and devices."""
     _list_components("Defenses", defense_registry())
@@ -387,6 +391,8 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code; errors print one line, never a traceback."""
     try:
         args = list(argv) if argv is not None else sys.argv[1:]
+        if not args:  # the bare command: its help, not an error
+            args = ["--help"]
         cli.main(args=args, prog_name="pdm-bench", standalone_mode=False, obj={"argv": args})
     except UserError as error:
         click.echo(f"Error: {error}", err=True)

@@ -190,6 +190,18 @@ def test_an_array_cut_short_is_one_line_and_is_never_stored_torn(tmp_path: Path,
     assert not target.exists() and not leftovers(tmp_path)
 
 
+def test_a_checkpoint_torch_cannot_finish_is_one_line_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+    import torch
+
+    from pdm_bench.storage import atomic_save
+
+    target = tmp_path / "models" / "model.pt"
+    with file_size_limit(3000), pytest.raises(UserError) as raised:
+        atomic_save({"weights": torch.zeros(2000)}, target)
+    one_line_disk_error(raised.value, target, "torch.save failed")
+    assert "is the disk full?" in str(raised.value) and not target.exists() and not leftovers(tmp_path)
+
+
 def test_a_chunk_on_a_full_disk_fails_cleanly_and_the_rerun_makes_only_the_rest(tmp_path: Path,
                                                                                 full_disk: list[int]) -> None:
     calls: list[int] = []

@@ -10,6 +10,18 @@ class UserError(Exception):
     """Bad input from the user (names, options, data files). Printed without a traceback."""
 
 
+class WriteError(UserError, OSError):
+    """A file could not be written (a full disk, permissions): one line that names the file and the cause. It is an
+    :class:`OSError` too (its ``errno`` and ``filename`` are the failed write's), so callers catching that still do."""
+
+    def __init__(self, errno: int | None, message: str, filename: str | None = None) -> None:
+        super().__init__(errno, message, filename)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """``Unknown defense 'pmd'. Did you mean: pdm? Available: baseline, pdm, rce``."""
     available = sorted(choices)

@@ -4,13 +4,17 @@ Schema: :class:`ResultRow` (one measured number and what it was measured on), th
 (:class:`Threat`, :class:`Metric`, :class:`Attack`: built-in names; plugins add their own strings), and an explicit
 record that an attack of a run is finished (a ``finished`` row, written with its rows in one append).
 
-Store: rows are appended under a lock in one write (the file is never rewritten); a torn last line (a write cut
-by a full disk) is dropped before the next append. A file that is not ours or is malformed is refused, never
-overwritten. Files written before the ``detector`` column existed load (their detector is ``kde``).
+Store: rows are appended under a lock in one write, a block ending with its ``finished`` row. A write cut short (a
+full disk, a kill) leaves a torn last line or a block without its ``finished`` row: neither is read, and both are
+cut off before the next append, so a rerun writes the block afresh (once). A failed write is cut back at once and is
+a one-line error. A file that is not ours or is malformed is refused, never overwritten. Files written before the
+``detector`` column existed load (their detector is ``kde``); see :func:`is_finished` for files older than the
+``finished`` record.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import time
@@ -21,10 +25,11 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from pdm_bench.errors import UserError
-from pdm_bench.storage import atomic_write_text, file_lock
+from pdm_bench.storage import append_bytes, atomic_write_bytes, file_lock
 
 RESULTS_FILE = "results.csv"
 DEFAULT_DETECTOR = "kde"
+APPENDED = "appended"  # the label of the finished record of a block appended without ``completes``
 
 
 class Name(str, Enum):
@@ -156,22 +161,23 @@ class ResultsStore:
     def __init__(self, directory: str | Path) -> None:
         self.directory = Path(directory)
         self.path = self.directory / RESULTS_FILE
-        self._cache: tuple[tuple[int, int], _Parsed] | None = None
+        self._cache: tuple[tuple[int, int, int], _Parsed] | None = None
 
     def rows(self) -> list[ResultRow]:
-        """All rows (re-read only when the file changed); a foreign or malformed file is a :class:`UserError`."""
+        """All rows of finished blocks (re-read only when the file changed); a foreign or malformed file is a
+        :class:`UserError`. See :func:`read_results` for what is left out."""
         return self._load().rows
 
-    def _load(self) -> _Parsed:
+    def _load(self, *, fresh: bool = False) -> _Parsed:
         try:
             stat = self.path.stat()
         except FileNotFoundError:
-            return _Parsed((), [], "")
+            return _Parsed((), [], 0, 0, False)
         except OSError as error:
             raise UserError(f"Cannot read results file {self.path}: {error.strerror or error}") from None
-        stamp = (stat.st_mtime_ns, stat.st_size)
-        if self._cache is None or self._cache[0] != stamp:
-            self._cache = (stamp, _parse(self._read_text(), self.path))
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if fresh or self._cache is None or self._cache[0] != stamp:
+            self._cache = (stamp, read_results(self._read_bytes(), self.path))
         return self._cache[1]
 
     def run_rows(self, run_id: str) -> list[ResultRow]:
@@ -182,98 +188,124 @@ class ResultsStore:
         return any(r.run_id == run_id and r.attack == attack and r.metric == metric for r in self.rows())
 
     def finished(self, run_id: str, label: str, *, legacy: tuple[str, str] | None = None) -> bool:
-        """Whether the part ``label`` (an attack, ``clean``, ...) of run ``run_id`` is recorded as finished. Files
-        written before the ``finished`` record existed marked it by its last row: ``legacy=(attack, metric)``."""
-        return any(r.run_id == run_id and ((r.attack, r.metric) == (label, Metric.FINISHED.value)
-                                           or (legacy is not None and (r.attack, r.metric) == legacy))
-                   for r in self.rows())
+        """Whether the part ``label`` (an attack, ``clean``, ...) of run ``run_id`` is recorded as finished;
+        ``legacy=(attack, metric)``: the row that marked it in files older than the ``finished`` record (see
+        :func:`is_finished`)."""
+        return is_finished(self._load(), run_id, label, legacy)
 
     def append(self, rows: Iterable[ResultRow], *, completes: str | None = None,
                legacy: tuple[str, str] | None = None) -> bool:
-        """Append ``rows`` in one write under the lock; return whether they were added.
+        """Append ``rows`` as one block in one write under the lock; return whether they were added.
 
-        ``completes=LABEL``: the rows finish that part of their run: a ``finished`` row for it follows them, and
-        nothing is added if it is already finished (checked under the lock, so two processes that ran the same
-        attack record it once). ``legacy`` as in :meth:`finished`.
+        Every block ends with a ``finished`` row (a block cut short has none, and is left out when read, and cut off
+        before the next append). ``completes=LABEL``: the rows finish that part of their run (the finished row is
+        for it) and nothing is added if it is already finished (checked under the lock, so two processes that ran
+        the same attack record it once); without it the finished row's label is ``appended``. ``legacy`` as in
+        :meth:`finished`.
         """
         new = list(rows)
         if not new:
             return False
-        if completes is not None:
-            first = new[0]
-            new.append(ResultRow(first.dataset, first.preset, first.seed, first.defense, first.threat, completes,
-                                 Metric.FINISHED.value, 1.0, 0, first.run_id, now(), first.detector))
+        first = new[0]
+        new.append(ResultRow(first.dataset, first.preset, first.seed, first.defense, first.threat,
+                             completes if completes is not None else APPENDED, Metric.FINISHED.value, 1.0, 0,
+                             first.run_id, now(), first.detector))
         self.directory.mkdir(parents=True, exist_ok=True)
         with file_lock(self.directory / ".results.lock"):
-            if completes is not None and self.finished(new[0].run_id, completes, legacy=legacy):
+            parsed = self._load(fresh=True)  # a malformed file is refused here, before writing
+            if completes is not None and is_finished(parsed, first.run_id, completes, legacy):
                 return False
-            header = self._prepare(new)
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            if header is None:
-                writer.writerow(COLUMNS)
-                header = COLUMNS
-            writer.writerows(astuple(r)[: len(header)] for r in new)
-            with open(self.path, "a", encoding="utf-8", newline="") as handle:
-                handle.write(buffer.getvalue())
+            self._write(parsed, new)
         return True
 
-    def _prepare(self, new: list[ResultRow]) -> tuple[str, ...] | None:
-        """The header of the file rows will be appended to (None: no file yet). Ends an unfinished last line (drops
-        a torn one; closes a complete row written without its newline); upgrades a file without the detector column
-        (once, atomically) when a row needs it."""
-        parsed = self._load()  # a malformed file is refused here, before writing
-        if not parsed.header:
-            return None
-        if parsed.tail == "torn":
-            raw = self.path.read_bytes()
-            with open(self.path, "r+b") as handle:
-                handle.truncate(raw.rfind(b"\n") + 1)
-        elif parsed.tail == "open":
-            with open(self.path, "ab") as handle:
-                handle.write(b"\n")
-        if parsed.header == LEGACY_COLUMNS and any(r.detector != DEFAULT_DETECTOR for r in new):
-            buffer = io.StringIO()
-            writer = csv.writer(buffer, lineterminator="\n")
-            writer.writerow(COLUMNS)
-            writer.writerows(astuple(r) for r in parsed.rows)
-            atomic_write_text(self.path, buffer.getvalue())
-            return COLUMNS
-        return parsed.header
+    def _write(self, parsed: _Parsed, new: list[ResultRow]) -> None:
+        """Add the block ``new`` (the lock is held). A file with a ``finished`` record gets a true append (its torn
+        or unfinished tail cut off first); a new file, an older one (no ``finished`` record yet) or one that needs the
+        detector column is replaced whole (atomically), so that no file this writes is ever without a record."""
+        header = parsed.header or COLUMNS
+        upgrade = header == LEGACY_COLUMNS and any(r.detector != DEFAULT_DETECTOR for r in new)
+        if upgrade:
+            header = COLUMNS
+        block = _csv(new, header)
+        if parsed.marked and not upgrade:
+            append_bytes(self.path, block, size=parsed.end)
+        elif upgrade or not parsed.header:
+            atomic_write_bytes(self.path, _csv([], header, header=True) + _csv(parsed.rows, header) + block)
+        else:
+            atomic_write_bytes(self.path, self._read_bytes()[: parsed.end] + block)
 
-    def _read_text(self) -> str:
+    def _read_bytes(self) -> bytes:
         try:
-            return self.path.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as error:
-            raise UserError(f"Cannot read results file {self.path}: {error}") from None
+            return self.path.read_bytes()
+        except OSError as error:
+            raise UserError(f"Cannot read results file {self.path}: {error.strerror or error}") from None
+
+
+def _csv(rows: Iterable[ResultRow], columns: tuple[str, ...], *, header: bool = False) -> bytes:
+    """``rows`` (and the ``columns`` line first if ``header``) as CSV lines."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    writer.writerows(astuple(r)[: len(columns)] for r in rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 class _Parsed(NamedTuple):
     header: tuple[str, ...]
-    rows: list[ResultRow]
-    tail: str  # "": the file ends with a newline; "torn": a cut last line (left out); "open": a last row without one
+    rows: list[ResultRow]  # the rows read (see read_results)
+    older: int  # how many of them come before the first finished record: written before there were such records
+    end: int  # the bytes of the file up to the end of the last row read (past it: a torn line, an unfinished block)
+    marked: bool  # whether the file has a finished record
 
 
-def _parse(text: str, path: Path) -> _Parsed:
-    lines = text.splitlines(keepends=True)
+def is_finished(parsed: _Parsed, run_id: str, label: str, legacy: tuple[str, str] | None) -> bool:
+    """The one rule of what is finished: part ``label`` of run ``run_id`` is finished when a ``finished`` record says
+    so. The legacy rule, ``legacy=(attack, metric)``, a row that marked the part finished before there were such
+    records, holds only for the rows older than the file's first ``finished`` record (all rows of a file without
+    one); the blocks written since then are finished only by their record (a block cut short is not read at all)."""
+    if any(r.run_id == run_id and r.attack == label and r.metric == Metric.FINISHED for r in parsed.rows):
+        return True
+    return legacy is not None and any(r.run_id == run_id and (r.attack, r.metric) == legacy
+                                      for r in parsed.rows[: parsed.older])
+
+
+def read_results(data: bytes, path: Path) -> _Parsed:
+    """The rows of a results file's bytes ``data``. Left out: a last line without its newline (a write cut short:
+    torn, even when its fields look whole) and, in a file with ``finished`` records, the rows after the last one (a
+    block cut short). A file that is not ours or is malformed is a :class:`UserError`."""
+    bom = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0
+    whole = data.rfind(b"\n") + 1  # the lines written whole
+    try:
+        lines = data[bom:whole].decode("utf-8").splitlines(keepends=True)
+    except UnicodeDecodeError as error:
+        raise UserError(f"Cannot read results file {path}: {error}") from None
+    if not lines:
+        if any(f"{','.join(c)}\n".encode().startswith(data[bom:]) for c in (COLUMNS, LEGACY_COLUMNS)):
+            return _Parsed((), [], 0, 0, False)  # empty, or a header cut short: as if there were no file
+        lines = [data[bom:].decode("utf-8", "replace")]
     header = tuple(next(csv.reader(lines[:1]), ()))
-    if header and header not in (COLUMNS, LEGACY_COLUMNS):
+    if header not in (COLUMNS, LEGACY_COLUMNS):
         raise UserError(f"{path} is not a pdm-bench results file (expected columns {','.join(COLUMNS)}, got "
                         f"{','.join(header)[:120]}); use another --results-dir")
-    tail = ""
-    if len(lines) > 1 and not lines[-1].endswith("\n"):
-        tail = "open" if len(next(csv.reader(lines[-1:]), ())) == len(header) else "torn"
-        if tail == "torn":
-            lines = lines[:-1]  # the write that made it did not finish
-    rows = []
-    for number, record in enumerate(csv.reader(lines[1:]), start=2):
-        try:
-            if len(record) != len(header):
-                raise ValueError(f"expected {len(header)} fields, got {len(record)}")
-            values: dict[str, Any] = dict(zip(header, record))
-            rows.append(ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
-                                     "n": int(values["n"])}))
-        except ValueError as error:
-            raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never "
-                            "overwritten") from None
-    return _Parsed(header, rows, tail)
+    rows, ends, end = [], [], bom + len(lines[0].encode("utf-8"))
+    for number, line in enumerate(lines[1:], start=2):
+        rows.append(_row(next(csv.reader([line]), []), header, path, number))
+        end += len(line.encode("utf-8"))
+        ends.append(end)
+    marks = [i for i, r in enumerate(rows) if r.metric == Metric.FINISHED]
+    if not marks:
+        return _Parsed(header, rows, len(rows), end, False)
+    return _Parsed(header, rows[: marks[-1] + 1], marks[0], ends[marks[-1]], True)
+
+
+def _row(record: list[str], header: tuple[str, ...], path: Path, number: int) -> ResultRow:
+    try:
+        if len(record) != len(header):
+            raise ValueError(f"expected {len(header)} fields, got {len(record)}")
+        values: dict[str, Any] = dict(zip(header, record))
+        return ResultRow(**{**values, "seed": int(values["seed"]), "value": float(values["value"]),
+                            "n": int(values["n"])})
+    except ValueError as error:
+        raise UserError(f"Malformed results file {path}, line {number}: {error}; fix or move it, it is never "
+                        "overwritten") from None

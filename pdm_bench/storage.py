@@ -4,7 +4,9 @@ unfinished chunk; processes running the same attack share its chunks)."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
+import io
 import json
 import os
 import re
@@ -20,7 +22,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from pdm_bench.errors import WriteError
+
 Log = Callable[[str], None]
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _temporary(path: Path, suffix: str = ".tmp") -> Path:
@@ -28,13 +33,82 @@ def _temporary(path: Path, suffix: str = ".tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}{suffix}")
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def write_error(path: Path, error: OSError, kept: str = "the file is as it was before") -> WriteError:
+    """The one-line error for a write to ``path`` that failed: a full disk (or a short write, as numpy reports it:
+    ``3840 requested and 3040 written``) says so; ``kept``: what is left of the file."""
+    if error.errno in FULL_DISK:
+        cause = "the disk is full (no space left on device)"
+    elif error.errno is None and "requested and" in str(error):
+        cause = f"a short write ({error}): the disk is full"
+    else:
+        cause = error.strerror or str(error)
+    return WriteError(error.errno, f"Cannot write {path}: {cause}; {kept}. Free some space (or fix the cause) and rerun "
+                      "the same command", str(path))
+
+
+def write_all(fd: int, data: bytes | memoryview) -> None:
+    """Write all of ``data`` to ``fd``; a write that makes no progress (a full disk) is an ``OSError`` (ENOSPC)."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, f"{len(data)} bytes requested and {len(data) - len(view)} written")
+        view = view[written:]
+
+
+@contextmanager
+def _replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path to write ``path``'s new content to; moved onto ``path`` when the block ends. A failed write
+    leaves ``path`` as it was, no temporary file behind, and is a one-line :class:`WriteError`."""
+    tmp = _temporary(path, suffix)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as error:
+        raise write_error(path, error) from None
+    finally:
+        tmp.unlink(missing_ok=True)  # gone once replaced
+
+
+def _write_new(path: Path, data: bytes | memoryview) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        write_all(fd, data)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` through a temporary file and ``os.replace``."""
+    with _replacing(path) as tmp:
+        _write_new(tmp, data)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) through a temporary file and ``os.replace``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def append_bytes(path: Path, data: bytes, *, size: int) -> None:
+    """Append ``data`` to ``path``, which holds ``size`` bytes (longer: its tail past ``size`` is cut off first). A
+    failed write cuts the file back to ``size`` bytes (nothing half written stays) and is a :class:`WriteError`. The
+    caller holds the file's lock."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o666)
+    try:
+        if os.fstat(fd).st_size != size:
+            os.ftruncate(fd, size)
+        os.lseek(fd, size, os.SEEK_SET)
+        try:
+            write_all(fd, data)
+        except BaseException as error:
+            os.ftruncate(fd, size)
+            if isinstance(error, OSError):
+                raise write_error(path, error, "nothing of this write was kept") from None
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_json(path: Path, obj: dict[str, Any]) -> Path:
@@ -52,21 +126,24 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def atomic_save(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a temporary file and ``os.replace``."""
+    """``torch.save`` through a temporary file and ``os.replace`` (torch's failed write, e.g. on a full disk, is a
+    one-line :class:`WriteError`)."""
     import torch
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path)
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with _replacing(path) as tmp:
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as error:
+            raise OSError(None, f"torch.save failed ({str(error).splitlines()[0][:200]}): is the disk full?") from None
 
 
 def save_array(path: Path, array: np.ndarray) -> None:
-    """``np.save`` through a temporary file and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(path, ".tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    """``np.save`` through a temporary file and ``os.replace``. The bytes are written here, not by numpy, whose
+    write to a full disk can stop short without an error."""
+    with _replacing(path, ".tmp.npy") as tmp:
+        buffer = io.BytesIO()
+        np.save(buffer, array)
+        _write_new(tmp, buffer.getbuffer())
 
 
 def load_array(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:

@@ -111,8 +111,6 @@ def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
 
         check_results_dir(results_dir)
     _train(_resolve(**options), options["progress"], results_dir=results_dir, geometry=geometry)
-    click.echo(f"Next: pdm-bench run --threat gray --defense {options['defense']} --dataset {options['dataset']} "
-               "(the same options reuse this model), then pdm-bench report")
 
 
 # The built-in threat models' own flags (each class's ``flags`` says which apply to it); None = not given.

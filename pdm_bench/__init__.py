@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from pdm_bench import threads
 from pdm_bench.art_home import prepare_art_config
 
 prepare_art_config()  # before anything imports ART: see pdm_bench.art_home
+threads.apply_defaults()  # before anything imports torch: see pdm_bench.threads
 
 __version__ = "0.1.0"
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from pdm_bench import threads
 from pdm_bench.config import DEVICE_CHOICES, MAX_SEED, PRESETS, PresetName
 from pdm_bench.data import DATASET_NAMES
 from pdm_bench.errors import UserError
@@ -22,8 +23,23 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 
+def _set_threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    try:
+        threads.set_threads(value)
+    except UserError as error:  # a bad PDM_BENCH_THREADS (a bad --threads is the type's to report)
+        raise click.UsageError(str(error)) from None
+
+
+THREADS_OPTION = click.option(
+    "--threads", type=click.IntRange(1, threads.MAX_THREADS), default=None, expose_value=False, is_eager=True,
+    callback=_set_threads, metavar="N",
+    help="CPU threads for torch here and in --jobs/Slurm steps [env PDM_BENCH_THREADS; default: torch's]. "
+         "OpenMP waits passively unless OMP_WAIT_POLICY is set.")
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="pdm-bench")
+@THREADS_OPTION
 def cli() -> None:
     """pdm-bench: train defended classifiers and benchmark KDE detection of adversarial examples."""
 
@@ -49,6 +65,7 @@ def _data_and_training_options(*, dataset_default: str, with_defense: bool) -> l
                      help="Decoded data and trained models [env PDM_BENCH_CACHE; default ~/.cache/pdm-bench]."),
         click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}."),
         click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."),
+        THREADS_OPTION,
     ]
 
 
@@ -404,7 +421,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         click.echo(f"Error: {error}", err=True)
         return 1
     except (KeyboardInterrupt, click.exceptions.Abort):
-        click.echo("Interrupted: finished epochs and results are saved; rerun the same command to resume.", err=True)
+        click.echo("Interrupted: every finished epoch, attack chunk (50 images) and result row is kept; rerun the same "
+                   "command to resume from there.", err=True)
         return EXIT_INTERRUPTED
     return 0
 

@@ -42,11 +42,16 @@ def carlini_wagner_objective(logits: torch.Tensor, labels: torch.Tensor, *, conf
 
     ``labels`` are class indices: the target (targeted) or the class to move away from (untargeted).
     """
+    return torch.clamp(carlini_wagner_margin(logits, labels, targeted=targeted) + confidence, min=0.0)
+
+
+def carlini_wagner_margin(logits: torch.Tensor, labels: torch.Tensor, *, targeted: bool) -> torch.Tensor:
+    """How far each image is from its label goal in logits: ``max_{j!=t} Z_j - Z_t`` (targeted) or
+    ``Z_y - max_{j!=y} Z_j`` (untargeted); the goal with confidence k is met at ``-k`` or below."""
     one_hot = torch.nn.functional.one_hot(labels, logits.shape[1]).to(logits.dtype)
     real = (one_hot * logits).sum(dim=1)
     other = ((1 - one_hot) * logits - one_hot * 10_000).max(dim=1).values
-    margin = other - real if targeted else real - other
-    return torch.clamp(margin + confidence, min=0.0)
+    return other - real if targeted else real - other
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,51 @@ class _Best:
         return self.adv.detach()
 
 
+# When ``give_up`` stops an image's binary search: after a step in which the distortion was under this share of the
+# loss (the constant so large that the optimiser all but ignores the distortion: Adam's step does not depend on the
+# gradient's scale, so a larger constant runs the same course), and in which its best margin rose by less than this
+# share of the distance still left to the confidence. A convergence rule, not a proof: tests/test_cw_give_up.py checks
+# that it returns the same images as the full search on models where some images reach the confidence.
+GIVE_UP_RULE = {"distortion_share_below": 0.01, "margin_rise_below": 0.1}
+
+
+@dataclass
+class _Progress:
+    """Per image: whether its binary search goes on, its best margin (the logit lead the confidence is measured
+    against) in the current step and in all earlier ones, and the distortion's share of its last loss."""
+
+    active: torch.Tensor
+    step_best: torch.Tensor
+    earlier_best: torch.Tensor
+    share: torch.Tensor
+
+    @classmethod
+    def start(cls, x: torch.Tensor) -> _Progress:
+        n = len(x)
+        return cls(active=torch.ones(n, dtype=torch.bool, device=x.device),
+                   step_best=torch.full((n,), -math.inf, device=x.device),
+                   earlier_best=torch.full((n,), -math.inf, device=x.device), share=torch.ones(n, device=x.device))
+
+    @property
+    def best(self) -> torch.Tensor:
+        return torch.maximum(self.step_best, self.earlier_best)
+
+    def update(self, idx: torch.Tensor, *, logits: torch.Tensor, labels: torch.Tensor, targeted: bool,
+               l2: torch.Tensor, loss: torch.Tensor) -> None:
+        lead = -carlini_wagner_margin(logits, labels, targeted=targeted)
+        self.step_best[idx] = torch.maximum(self.step_best[idx], lead.to(self.step_best.dtype))
+        self.share[idx] = (l2 / loss.clamp_min(1e-30)).to(self.share.dtype)
+
+    def give_up(self, *, never_succeeded: torch.Tensor, confidence: float) -> None:
+        """End the search of the images the rule gives up on; start the next step's record."""
+        rise = self.step_best - self.earlier_best
+        stop = never_succeeded & (self.share < GIVE_UP_RULE["distortion_share_below"]) & \
+            (rise < GIVE_UP_RULE["margin_rise_below"] * (confidence - self.step_best))
+        self.active &= ~stop
+        self.earlier_best = self.best
+        self.step_best = torch.full_like(self.step_best, -math.inf)
+
+
 def _adam_step(modifier: torch.Tensor, first: torch.Tensor, second: torch.Tensor, *, rows: torch.Tensor,
                grad: torch.Tensor, t: int, learning_rate: float) -> None:
     """Adam (TensorFlow's and torch's defaults) on ``modifier``'s ``rows``, in place; ``t`` counts from 1."""
@@ -107,9 +157,11 @@ class CarliniWagnerL2(EvasionAttack):
     no line search. ``abort_early`` (ours): stop an image's binary-search step once its loss stops falling.
     ``warm_start`` (ours): each binary-search step after the first starts from the image's best result so far
     instead of from the start image (cleverhans restarts; off by default).
+    ``give_up`` (ours, off by default): stop the binary search of an image that has never succeeded once raising the
+    constant no longer brings it closer (:data:`GIVE_UP_RULE`); it comes back unchanged, as it would at the end.
     """
 
-    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early", "warm_start"]
+    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early", "warm_start", "give_up"]
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
     # Images never fully successful come back unchanged (cleverhans); a subclass with a penalty may instead return
     # its best try: the label goal met with the smallest penalty left.
@@ -118,16 +170,17 @@ class CarliniWagnerL2(EvasionAttack):
     def __init__(self, classifier: Any, confidence: float = 0.0, targeted: bool = False, learning_rate: float = 0.01,
                  binary_search_steps: int = 10, max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5,
                  max_doubling: int = 5, batch_size: int = 1, verbose: bool = True, *, abort_early: bool = True,
-                 warm_start: bool = False) -> None:
+                 warm_start: bool = False, give_up: bool = False) -> None:
         super().__init__(estimator=classifier)
         set_cw_params(self, locals())
         self.abort_early = abort_early
         self.warm_start = warm_start
+        self.give_up = give_up
         self._check_params()
 
     def _check_params(self) -> None:
         check_cw_params(self)
-        for name in ("abort_early", "warm_start"):
+        for name in ("abort_early", "warm_start", "give_up"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"The argument `{name}` has to be of type bool, got {getattr(self, name)!r}.")
 
@@ -148,6 +201,7 @@ class CarliniWagnerL2(EvasionAttack):
         Images the attack fails on are returned unchanged.
         """
         self._path: EstimatorPath = estimator_path(self.estimator, frozen=True)
+        self.closest_lead = -math.inf  # the largest logit lead over every other class any image reached
         self._model = self._path.module  # a subclass's penalty may read more of it (None on the general path)
         device = self._path.device
         labels = class_labels(self, x, y)
@@ -185,25 +239,33 @@ class CarliniWagnerL2(EvasionAttack):
         upper = torch.full((n,), 1e10, dtype=torch.float64, device=x.device)
         const = torch.full((n,), self.initial_const, dtype=torch.float64, device=x.device)
         best = _Best.start(x)
+        progress = _Progress.start(x)
         bar = tqdm(total=self.binary_search_steps, desc=f"{type(self).__name__} on {n} images, search step",
                    leave=False, disable=not self.verbose, dynamic_ncols=True)
         for outer_step in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and outer_step == self.binary_search_steps - 1:
                 const = upper.clone()  # cleverhans repeats the search once at the upper bound
+            if not progress.active.any():
+                break
             step_success = self._search_step(outer_step, space=space, x_orig=x_orig, w_start=w_start, labels=labels,
-                                             c_all=const.to(x.dtype), best=best)
+                                             c_all=const.to(x.dtype), best=best, progress=progress)
+            if self.give_up:
+                progress.give_up(never_succeeded=torch.isinf(best.l2), confidence=self.confidence)
             with torch.no_grad():  # cleverhans's constant update, per image
                 upper = torch.where(step_success, torch.minimum(upper, const), upper)
                 lower = torch.where(step_success, lower, torch.maximum(lower, const))
                 bounded = upper < 1e9
                 const = torch.where(bounded, (lower + upper) / 2, torch.where(step_success, const, const * 10))
-            bar.set_postfix_str(f"successful {float(torch.isfinite(best.l2).float().mean()):.2f}", refresh=False)
+            given_up = f", given up {int((~progress.active).sum())}" if self.give_up else ""
+            bar.set_postfix_str(f"successful {float(torch.isfinite(best.l2).float().mean()):.2f}{given_up}",
+                                refresh=False)
             bar.update()
         bar.close()
+        self.closest_lead = max(self.closest_lead, float(progress.best.max())) if n else self.closest_lead
         return best.result(keep_best_try=self.keep_best_try)
 
     def _search_step(self, outer_step: int, *, space: _TanhSpace, x_orig: torch.Tensor, w_start: torch.Tensor,
-                     labels: torch.Tensor, c_all: torch.Tensor, best: _Best) -> torch.Tensor:
+                     labels: torch.Tensor, c_all: torch.Tensor, best: _Best, progress: _Progress) -> torch.Tensor:
         """One binary-search step: Adam in tanh space from a fresh state, only images still running computed; which
         images succeeded in it."""
         n = len(x_orig)
@@ -211,7 +273,7 @@ class CarliniWagnerL2(EvasionAttack):
         if self.warm_start:
             found = torch.isfinite(best.l2)
             modifier[found] = space.to_w(best.adv[found]) - w_start[found]
-        running = torch.ones(n, dtype=torch.bool, device=x_orig.device)  # not aborted early in this step
+        running = progress.active.clone()  # not aborted early in this step (nor given up)
         step_success = torch.zeros(n, dtype=torch.bool, device=x_orig.device)
         previous = torch.full((n,), math.inf, device=x_orig.device)
         check_every = max(self.max_iter // 10, 1)
@@ -226,6 +288,8 @@ class CarliniWagnerL2(EvasionAttack):
             c = c_all[idx]
             loss = l2 + c * carlini_wagner_objective(logits, labels[idx], confidence=self.confidence,
                                                       targeted=self.targeted) + c * extra
+            progress.update(idx, logits=logits.detach(), labels=labels[idx], targeted=self.targeted,
+                            l2=l2.detach(), loss=loss.detach())
             # Record before stepping, as cleverhans does (its loss and images are the pre-update ones).
             with torch.no_grad():
                 go_on = torch.ones_like(idx, dtype=torch.bool)

@@ -135,9 +135,15 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
 
         def make(part: slice) -> np.ndarray:  # seeded per chunk: a resumed run makes the same images
             with seeded_global_rngs(attack_seed(ev.seed, spec.name, part.start or 0)):
-                return attack.generate(x[part], y=one_hot[part])
+                images = attack.generate(x[part], y=one_hot[part])
+            if hasattr(attack, "closest_lead"):  # our C&W: the largest logit lead an image reached
+                leads[spec.name] = (max(leads.get(spec.name, (-np.inf, 0))[0], attack.closest_lead),
+                                    leads.get(spec.name, (0, 0))[1] + len(images))
+            return images
 
         return ev.cached_adversarials(spec.name, params(spec), make, detector_free=True)  # they ignore the detector
+
+    leads: dict[str, tuple[float, int]] = {}  # attack -> (largest logit lead reached, images it was measured on)
 
     for spec in specs:
         if ev.results.finished(ev.run_id, spec.name, legacy=(spec.name, Metric.AUC)):
@@ -161,6 +167,7 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             *(ev.row(spec.name, f"{k}_mean", float(v.mean()) if n else float("nan"), n) for k, v in sizes.items()),
             ev.row(spec.name, Metric.ATTACK_SECONDS, seconds, len(y)),
             *(flow_rows(ev, spec.name, y[keep], adv_pred[keep]) if spec.family == "cw" else []),
+            *([ev.row(spec.name, Metric.CLOSEST_LEAD, *leads[spec.name])] if spec.name in leads else []),
             *ev.fixed_fpr_rows(spec.name, y=y, clean=(clean_pred, clean_score), adversarial=(adv_pred, adv_score)),
         ], completes=spec.name, legacy=(spec.name, Metric.AUC))  # another process may have run the same attack
     if resiliency:
@@ -202,6 +209,18 @@ def flow_rows(ev: Evaluation, attack: str, sources: np.ndarray, landed: np.ndarr
             ev.row(attack, Metric.FLOW_TOTAL, len(sources), len(sources))]
 
 
+def no_pairs_note(get: Callable[[str, str], float], name: str) -> str:
+    """One line saying why an attack has no pairs to measure the AUC on ('' when it has some)."""
+    if get(name, Metric.PAIRS_KEPT) != 0:
+        return ""
+    lead, confidence = get(name, Metric.CLOSEST_LEAD), GRAY_ATTACKS[name].params.get("confidence") \
+        if name in GRAY_ATTACKS else None
+    if np.isnan(lead) or not confidence:
+        return f"{name}: no pairs, because it fooled none of the correctly classified images"
+    return (f"{name}: no pairs, because no image reached the required logit lead of {confidence:g} over every other "
+            f"class (the closest reached {lead:.2f}; more search steps stopped helping)")
+
+
 def gray_table(rows: list[ResultRow], attack_names: list[str], *, resiliency: bool = True) -> str:
     """The per-attack table printed after a run: success next to AUC, since a weak attack flatters a detector."""
     get = value_getter(rows)
@@ -215,6 +234,7 @@ def gray_table(rows: list[ResultRow], attack_names: list[str], *, resiliency: bo
             f"{get(name, Metric.L0_MEAN):>6.0f} {'' if np.isnan(seconds) else format(seconds, '.1f'):>7}")
     lines.append("success: share of correctly classified images the attack fooled; pairs: Pang's pairs the AUC is on; acc: "
                  "accuracy on the attacked images; L2/Linf/L0: mean distortion of the pairs; sec: attack time (blank: reused)")
+    lines += [note for name in attack_names if (note := no_pairs_note(get, name))]
     curve = [(eps, get(f"fgsm-{eps:g}", Metric.ACCURACY), get(f"bim-{eps:g}", Metric.ACCURACY)) for eps in RESILIENCY_EPS]
     if resiliency and any(not np.isnan(f) for _, f, _ in curve):
         lines.append("resiliency (accuracy under attack): eps " + " ".join(f"{e:>5g}" for e, _, _ in curve))

@@ -60,7 +60,7 @@ class Evaluation:
     settings: dict[str, Any] = field(default_factory=dict)
     log: Log = print
     # Images per stored chunk of an attack's output (not part of the run id: the images do not depend on it).
-    chunk_size: int = 200
+    chunk_size: int = 50  # images per stored chunk of an attack: Ctrl-C or a kill loses at most one
     progress: bool = False
 
     _thresholds: dict[float, float] | None = field(default=None, init=False, repr=False)
@@ -95,7 +95,7 @@ class Evaluation:
 
     def cached_adversarials(self, attack: str, params: dict[str, Any], make: Callable[[slice], np.ndarray], *,
                             detector_free: bool = False) -> tuple[np.ndarray, float]:
-        """Adversarial examples for the run's images, stored under the results directory 200 at a time (see
+        """Adversarial examples for the run's images, stored under the results directory ``chunk_size`` at a time (see
         :func:`pdm_bench.storage.chunked_array`), and the seconds spent making them (NaN when all were stored).
         ``detector_free``: the attack ignores the detector, so runs against other detectors share its images."""
         return chunked_array(self._adversarial_path(attack, params, detector_free), self._adversarial_shape(), make,

@@ -146,7 +146,10 @@ def test_the_adaptive_run_rows_table_and_resume(tmp_path: Path, cli: Callable[..
     assert cli("report", "--results-dir", str(results), "--out", str(tmp_path / "report")).code == 0
     with open(tmp_path / "report" / "table5_adaptive_fpr.csv", encoding="utf-8") as handle:
         table = {row["attack"]: row for row in csv.DictReader(handle)}
-    assert list(table)[-2:] == ["worst-linf-0.3", "worst@2x-linf-0.3"] and "combined@1-linf-0.3" not in table
+    assert list(table)[-3:] == ["worst-linf-0.3", "worst@2x-linf-0.3", "worst-all@2x-linf-0.3"]
+    assert "combined@1-linf-0.3" not in table
+    union = got[("worst-all@2x-linf-0.3", "robust_accuracy_at_fpr_5")]  # per image over both levels: never above either
+    assert union <= min(worst, got[("worst@2x-linf-0.3", "robust_accuracy_at_fpr_5")])
     assert float(table["worst-linf-0.3"]["digits (quick) baseline"]) == pytest.approx(worst, abs=6e-4)
 
 
@@ -173,6 +176,10 @@ def test_doubling_goes_on_while_the_worst_case_moves(tmp_path: Path, cli: Callab
     assert all(abs(chain[k - 1] - chain[k - 2]) >= 0.01 for k in range(2, len(chain))), chain  # each ran for a move
     last = len(chain) - 1
     assert last == 6 or abs(chain[last] - chain[last - 1]) < 0.01, chain  # it stops at the cap or where it converged
+    unions = {r.attack: r.value for r in ResultsStore(results).rows() if r.metric == "robust_accuracy_at_fpr_5"
+              and r.attack.startswith("worst-all@")}
+    assert set(unions) == {"worst-all@4x-linf-0.1", f"worst-all@{2 ** last}x-linf-0.1"}, unions  # one per run's top
+    assert unions[f"worst-all@{2 ** last}x-linf-0.1"] <= min(chain.values()) + 1e-12
 
 
 @pytest.mark.parametrize(

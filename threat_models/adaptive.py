@@ -6,12 +6,14 @@ on the combined loss at each detector weight of the sweep, orthogonal and select
 the model with "reject" as a class, and random noise (the baseline every attack must beat). The detector's threshold
 rejects 5% of clean calibration images (:meth:`Evaluation.rejection_thresholds`); an attack succeeds on an image
 when the model misclassifies it and the detector lets it pass. Rows per attack, and
-``worst-<norm>-<eps>``: per image, the worst case over the whole portfolio (the number that counts).
+``worst-<norm>-<eps>``: per image, the worst case over the whole portfolio; ``worst-all@Kx-<norm>-<eps>``: per image,
+the worst case over the portfolio and every doubling up to K (the number that counts).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -35,6 +37,13 @@ DEFAULT_EPS = {("linf", "cifar10"): (8 / 255,), ("l2", "cifar10"): (0.5,), ("lin
 WORST = "worst"
 MAX_LEVELS = 11  # the tables list worst cases up to 1024x
 CONVERGED = 0.01  # a doubling that moves the worst case (robust at 5% FPR) by less than this has converged
+
+
+def worst_all_name(tag: str, top: int) -> str:
+    """The per-image worst case at budget ``tag`` over every level up to doubling ``top`` (the portfolio and each
+    doubling): an image counts as broken if any attack at any level broke it, so it is never above any one level's
+    worst case. A later run with more doublings adds its own row; each row stays true of the levels it names."""
+    return f"{WORST}-all{doubled(top)}-{tag}"
 
 
 def worst_name(tag: str, level: int = 0) -> str:
@@ -160,7 +169,7 @@ def adaptive_checklist(index: RowIndex, dataset: str, preset: str, defense: str)
     every attack, and no attack's image was invalid."""
     get = Lookup(index, dataset, preset, defense, Adaptive.name)
     robust = fpr_metric("robust_accuracy", 0.05)
-    tags = sorted({n.split("-", 1)[1] for n in adaptive_order(index)}, key=_tag_order)
+    tags = budget_tags(adaptive_order(index))
     worst = {t: get(worst_name(t), robust) for t in tags}
     rising = [falls([(float(t.split("-")[1]), worst[t]) for t in tags if t.startswith(norm)]) for norm in ("linf", "l2")]
     rising_known = [r for r in rising if r is not None]
@@ -204,6 +213,11 @@ def _doubling_chain(get: Lookup, tag: str, metric: str) -> list[Measured]:
     return chain
 
 
+def budget_tags(names: Iterable[str]) -> list[str]:
+    """The budgets (``linf-0.1``, ...) that attack names such as ``pgd-linf-0.1`` or ``worst-all-linf-0.1`` are at."""
+    return sorted({"-".join(n.rsplit("-", 2)[-2:]) for n in names if n.count("-") >= 2}, key=_tag_order)
+
+
 def _tag_order(tag: str) -> tuple[str, float]:
     norm, eps = tag.split("-")
     return norm, float(eps)
@@ -212,10 +226,10 @@ def _tag_order(tag: str) -> tuple[str, float]:
 def adaptive_order(index: RowIndex) -> list[str]:
     """Budgets in order, and at each the portfolio's attacks with the worst case last."""
     names = {r.attack for r in index.rows if r.threat == Adaptive.name and r.metric == fpr_metric("robust_accuracy", 0.05)}
-    tags = sorted({n.split("-", 1)[1] for n in names if "-" in n}, key=_tag_order)
+    tags = budget_tags(names)
     kinds = ("noise", "pgd", "combined", "orthogonal", "selective", "square")
-    return [name for t in tags for name in (*(f"{k}-{t}" for k in kinds), *(worst_name(t, k) for k in range(MAX_LEVELS)))
-            if name in names]
+    return [name for t in tags for name in (*(f"{k}-{t}" for k in kinds), *(worst_name(t, k) for k in range(MAX_LEVELS)),
+                                            *(worst_all_name(t, k) for k in range(1, MAX_LEVELS))) if name in names]
 
 
 @dataclass(frozen=True)
@@ -260,6 +274,11 @@ def run_adaptive(ev: Evaluation, params: AdaptiveParams) -> list[ResultRow]:
                        f"({change[0]:.3f} -> {change[1]:.3f}); the attacks on the detector at {doubled(level)}")
             ran = True
             parts = [judge(n, make, settings) for n, make, settings in (*attacks.at(level), *attacks.kept())]
+            ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
+        levels = [k for k in range(MAX_LEVELS) if ev.results.finished(ev.run_id, worst_name(tag, k))]
+        if len(levels) > 1 and not ev.results.finished(ev.run_id, name := worst_all_name(tag, levels[-1])):
+            ran = True
+            parts = [judge(n, make, settings) for k in levels for n, make, settings in attacks.at(k) if n != "noise"]
             ev.results.append(worst_case_rows(ev, name, y, clean, parts), completes=name)
         if not ran:
             ev.log(f"adaptive at {tag}: already in {ev.results.path}, skipped")

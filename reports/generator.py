@@ -19,6 +19,10 @@ from pdm_bench.errors import UserError
 from pdm_bench.records import git_commit, read_runs, versions
 from pdm_bench.registry import threat_model_registry
 from pdm_bench.figures import Figure
+from pdm_bench.reports.claims import COLUMNS as CLAIM_COLUMNS
+from pdm_bench.reports.claims import METHOD as CLAIM_METHOD
+from pdm_bench.reports.claims import RULE as CLAIM_RULE
+from pdm_bench.reports.claims import all_claims, claims_csv
 from pdm_bench.reports.figures import bound_figure, tsne_figure
 from pdm_bench.reports.formats import column_name, tables_tex, to_csv
 from pdm_bench.reports.paper_values import (PAPER_DEFENSES, PAPER_TABLE1, PAPER_TABLE2, PAPER_TABLE3, PAPER_TABLE4,
@@ -75,8 +79,13 @@ def write_report(results_dir: Path | Sequence[Path], out: Path) -> list[Path]:
     checks = checklist(index, threat_models)
     if checks["rows"]:
         written.append(atomic_write_text(out / "checklist.csv", checklist_csv(checks)))
+    claims = all_claims(index, directories)
+    if claims:
+        written.append(atomic_write_text(out / "claims.csv", claims_csv(claims)))
     costs = [(str(d), cost) for d in directories if (cost := study_cost(d)) is not None]
     html = render_html(tables=[html_table(t, index) for t in tables], sections=sections, checklist=checks,
+                       claims={"rows": [c.cells() for c in claims], "columns": CLAIM_COLUMNS, "rule": CLAIM_RULE,
+                               "method": CLAIM_METHOD},
                        provenance=provenance(index, runs), results_dir=", ".join(str(d) for d in directories),
                        costs=costs)
     written.append(atomic_write_text(out / "report.html", html))

@@ -26,7 +26,7 @@ from pdm_bench.defense import Defense, TrainContext, terms_total
 from pdm_bench.errors import UserError
 from pdm_bench.inference import evaluate_accuracy
 from pdm_bench.models import ResNet
-from pdm_bench.storage import ModelEntry, atomic_save
+from pdm_bench.storage import ModelEntry, atomic_save, file_lock
 
 Log = Callable[[str], None]
 
@@ -81,8 +81,22 @@ def train_or_load(
     log: Log = print,
     on_epoch_end: Callable[[int], None] | None = None,
 ) -> TrainedModel:
-    """Reuse the cached model of this exact config, resume its checkpoint, or train it from scratch."""
+    """Reuse the cached model of this exact config, resume its checkpoint, or train it from scratch. One process at a
+    time trains a given model: another that asks for it meanwhile waits, then reuses it."""
     entry = model_entry(cache_dir, dataset, defense, plan)
+    lock = entry.run_dir.with_name(f".{entry.run_dir.name}.lock")
+    with file_lock(lock, wait=False) as free:
+        if free:
+            return _train_or_load(entry, dataset=dataset, defense=defense, plan=plan, device=device, progress=progress,
+                                  log=log, on_epoch_end=on_epoch_end)
+    log(f"Another process is training {entry.run_dir.name}; waiting for it to finish")
+    with file_lock(lock):
+        return _train_or_load(entry, dataset=dataset, defense=defense, plan=plan, device=device, progress=progress,
+                              log=log, on_epoch_end=on_epoch_end)
+
+
+def _train_or_load(entry: ModelEntry, *, dataset: Dataset, defense: Defense, plan: TrainPlan, device: torch.device,
+                   progress: bool, log: Log, on_epoch_end: Callable[[int], None] | None) -> TrainedModel:
     run_dir, key = entry.run_dir, entry.key
     meta = _read_meta(entry)
     if meta is not None and meta.get("config") != entry.config:

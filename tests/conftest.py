@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +12,19 @@ import pytest
 from pdm_bench.cli import run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_clean() -> Iterator[None]:
+    """The suite writes nothing into the repository: no default results or cache folder appears in it."""
+    watched = [REPO / "pdm-results", REPO / ".cache"]
+    before = {path for path in watched if path.exists()}
+    yield
+    created = [str(path) for path in watched if path.exists() and path not in before]
+    assert not created, f"the tests wrote into the repository: {created}"
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +42,10 @@ class CliResult:
 
 @pytest.fixture
 def cli(capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., CliResult]:
-    """Run ``pdm-bench ARGS`` in-process with a private cache directory; returns code and output."""
+    """Run ``pdm-bench ARGS`` in-process with a private cache directory, in a private working directory (so a
+    default ``pdm-results/`` lands there, not in the repository); returns code and output."""
     monkeypatch.setenv("PDM_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("PDM_BENCH_DATA", raising=False)
 
     def invoke(*args: str) -> CliResult:

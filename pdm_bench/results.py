@@ -81,7 +81,7 @@ class Metric(Name):
     L0_MEAN = "l0_mean"
     ATTACK_SECONDS = "attack_seconds"
     FLOW_TOTAL = "flow_total"
-    CLOSEST_LEAD = "closest_lead"  # C&W: the largest logit lead over every other class any image reached
+    CLOSEST_LEAD = "closest_lead"  # C&W: the largest logit margin (what the confidence is measured against) reached
     DISTORTION = "distortion"
     DISTORTION_MEDIAN = "distortion_median"
     LOG_DENSITY_MEAN = "log_density_mean"

@@ -78,7 +78,7 @@ def build_attack(spec: AttackSpec, classifier: PyTorchClassifier, *, backend: At
             return CarliniWagnerL2(classifier, **{**CW_ADAM_DEFAULTS, "confidence": p["confidence"], "targeted": targeted,
                                                   "binary_search_steps": p["binary_search_steps"],
                                                   "max_iter": p["max_iter"], "batch_size": batch_size,
-                                                  "verbose": verbose, "give_up": p.get("give_up", False)})
+                                                  "verbose": verbose})
         return CarliniWagnerL2LineSearch(classifier, confidence=p["confidence"], targeted=targeted,
                                          binary_search_steps=p["binary_search_steps"], max_iter=p["max_iter"],
                                          batch_size=batch_size, verbose=verbose)
@@ -125,8 +125,7 @@ GRAY_ATTACKS: dict[str, AttackSpec] = {
         AttackSpec(name="cw", family="cw",
                    params={"confidence": 0.0, "binary_search_steps": 9, "max_iter": 10, "solver": "line-search"}),
         AttackSpec(name="cw-hc", family="cw",
-                   params={"confidence": 10.0, "binary_search_steps": 9, "max_iter": 1000, "solver": "adam",
-                           "give_up": True}),
+                   params={"confidence": 10.0, "binary_search_steps": 9, "max_iter": 1000, "solver": "adam"}),
         AttackSpec(name="jsma", family="jsma", params={"theta": 1.0, "gamma": 0.1}),
     )
 }

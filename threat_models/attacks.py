@@ -95,49 +95,19 @@ class _Best:
         return self.adv.detach()
 
 
-# When ``give_up`` stops an image's binary search: after a step in which the distortion was under this share of the
-# loss (the constant so large that the optimiser all but ignores the distortion: Adam's step does not depend on the
-# gradient's scale, so a larger constant runs the same course), and in which its best margin rose by less than this
-# share of the distance still left to the confidence. A convergence rule, not a proof: tests/test_cw_give_up.py checks
-# that it returns the same images as the full search on models where some images reach the confidence.
-GIVE_UP_RULE = {"distortion_share_below": 0.01, "margin_rise_below": 0.1}
-
-
 @dataclass
 class _Progress:
-    """Per image: whether its binary search goes on, its best margin (the logit lead the confidence is measured
-    against) in the current step and in all earlier ones, and the distortion's share of its last loss."""
+    """Per image: the largest margin it reached (what the confidence is measured against)."""
 
-    active: torch.Tensor
-    step_best: torch.Tensor
-    earlier_best: torch.Tensor
-    share: torch.Tensor
+    best: torch.Tensor
 
     @classmethod
     def start(cls, x: torch.Tensor) -> _Progress:
-        n = len(x)
-        return cls(active=torch.ones(n, dtype=torch.bool, device=x.device),
-                   step_best=torch.full((n,), -math.inf, device=x.device),
-                   earlier_best=torch.full((n,), -math.inf, device=x.device), share=torch.ones(n, device=x.device))
+        return cls(best=torch.full((len(x),), -math.inf, device=x.device))
 
-    @property
-    def best(self) -> torch.Tensor:
-        return torch.maximum(self.step_best, self.earlier_best)
-
-    def update(self, idx: torch.Tensor, *, logits: torch.Tensor, labels: torch.Tensor, targeted: bool,
-               l2: torch.Tensor, loss: torch.Tensor) -> None:
+    def update(self, idx: torch.Tensor, *, logits: torch.Tensor, labels: torch.Tensor, targeted: bool) -> None:
         lead = -carlini_wagner_margin(logits, labels, targeted=targeted)
-        self.step_best[idx] = torch.maximum(self.step_best[idx], lead.to(self.step_best.dtype))
-        self.share[idx] = (l2 / loss.clamp_min(1e-30)).to(self.share.dtype)
-
-    def give_up(self, *, never_succeeded: torch.Tensor, confidence: float) -> None:
-        """End the search of the images the rule gives up on; start the next step's record."""
-        rise = self.step_best - self.earlier_best
-        stop = never_succeeded & (self.share < GIVE_UP_RULE["distortion_share_below"]) & \
-            (rise < GIVE_UP_RULE["margin_rise_below"] * (confidence - self.step_best))
-        self.active &= ~stop
-        self.earlier_best = self.best
-        self.step_best = torch.full_like(self.step_best, -math.inf)
+        self.best[idx] = torch.maximum(self.best[idx], lead.to(self.best.dtype))
 
 
 def _adam_step(modifier: torch.Tensor, first: torch.Tensor, second: torch.Tensor, *, rows: torch.Tensor,
@@ -157,11 +127,11 @@ class CarliniWagnerL2(EvasionAttack):
     no line search. ``abort_early`` (ours): stop an image's binary-search step once its loss stops falling.
     ``warm_start`` (ours): each binary-search step after the first starts from the image's best result so far
     instead of from the start image (cleverhans restarts; off by default).
-    ``give_up`` (ours, off by default): stop the binary search of an image that has never succeeded once raising the
-    constant no longer brings it closer (:data:`GIVE_UP_RULE`); it comes back unchanged, as it would at the end.
+    After ``generate``, ``closest_lead`` is the largest margin any image reached (the target's logit over every
+    other one, or untargeted, the best wrong class's over the true one: what the confidence is measured against).
     """
 
-    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early", "warm_start", "give_up"]
+    attack_params = EvasionAttack.attack_params + ART_CW_PARAMS + ["abort_early", "warm_start"]
     _estimator_requirements = (BaseEstimator, ClassGradientsMixin)
     # Images never fully successful come back unchanged (cleverhans); a subclass with a penalty may instead return
     # its best try: the label goal met with the smallest penalty left.
@@ -170,17 +140,16 @@ class CarliniWagnerL2(EvasionAttack):
     def __init__(self, classifier: Any, confidence: float = 0.0, targeted: bool = False, learning_rate: float = 0.01,
                  binary_search_steps: int = 10, max_iter: int = 10, initial_const: float = 0.01, max_halving: int = 5,
                  max_doubling: int = 5, batch_size: int = 1, verbose: bool = True, *, abort_early: bool = True,
-                 warm_start: bool = False, give_up: bool = False) -> None:
+                 warm_start: bool = False) -> None:
         super().__init__(estimator=classifier)
         set_cw_params(self, locals())
         self.abort_early = abort_early
         self.warm_start = warm_start
-        self.give_up = give_up
         self._check_params()
 
     def _check_params(self) -> None:
         check_cw_params(self)
-        for name in ("abort_early", "warm_start", "give_up"):
+        for name in ("abort_early", "warm_start"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"The argument `{name}` has to be of type bool, got {getattr(self, name)!r}.")
 
@@ -201,7 +170,7 @@ class CarliniWagnerL2(EvasionAttack):
         Images the attack fails on are returned unchanged.
         """
         self._path: EstimatorPath = estimator_path(self.estimator, frozen=True)
-        self.closest_lead = -math.inf  # the largest logit lead over every other class any image reached
+        self.closest_lead = -math.inf  # the largest margin any image reached (see the class docstring)
         self._model = self._path.module  # a subclass's penalty may read more of it (None on the general path)
         device = self._path.device
         labels = class_labels(self, x, y)
@@ -245,20 +214,14 @@ class CarliniWagnerL2(EvasionAttack):
         for outer_step in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and outer_step == self.binary_search_steps - 1:
                 const = upper.clone()  # cleverhans repeats the search once at the upper bound
-            if not progress.active.any():
-                break
             step_success = self._search_step(outer_step, space=space, x_orig=x_orig, w_start=w_start, labels=labels,
                                              c_all=const.to(x.dtype), best=best, progress=progress)
-            if self.give_up:
-                progress.give_up(never_succeeded=torch.isinf(best.l2), confidence=self.confidence)
             with torch.no_grad():  # cleverhans's constant update, per image
                 upper = torch.where(step_success, torch.minimum(upper, const), upper)
                 lower = torch.where(step_success, lower, torch.maximum(lower, const))
                 bounded = upper < 1e9
                 const = torch.where(bounded, (lower + upper) / 2, torch.where(step_success, const, const * 10))
-            given_up = f", given up {int((~progress.active).sum())}" if self.give_up else ""
-            bar.set_postfix_str(f"successful {float(torch.isfinite(best.l2).float().mean()):.2f}{given_up}",
-                                refresh=False)
+            bar.set_postfix_str(f"successful {float(torch.isfinite(best.l2).float().mean()):.2f}", refresh=False)
             bar.update()
         bar.close()
         self.closest_lead = max(self.closest_lead, float(progress.best.max())) if n else self.closest_lead
@@ -273,7 +236,7 @@ class CarliniWagnerL2(EvasionAttack):
         if self.warm_start:
             found = torch.isfinite(best.l2)
             modifier[found] = space.to_w(best.adv[found]) - w_start[found]
-        running = progress.active.clone()  # not aborted early in this step (nor given up)
+        running = torch.ones(n, dtype=torch.bool, device=x_orig.device)  # not aborted early in this step
         step_success = torch.zeros(n, dtype=torch.bool, device=x_orig.device)
         previous = torch.full((n,), math.inf, device=x_orig.device)
         check_every = max(self.max_iter // 10, 1)
@@ -288,8 +251,7 @@ class CarliniWagnerL2(EvasionAttack):
             c = c_all[idx]
             loss = l2 + c * carlini_wagner_objective(logits, labels[idx], confidence=self.confidence,
                                                       targeted=self.targeted) + c * extra
-            progress.update(idx, logits=logits.detach(), labels=labels[idx], targeted=self.targeted,
-                            l2=l2.detach(), loss=loss.detach())
+            progress.update(idx, logits=logits.detach(), labels=labels[idx], targeted=self.targeted)
             # Record before stepping, as cleverhans does (its loss and images are the pre-update ones).
             with torch.no_grad():
                 go_on = torch.ones_like(idx, dtype=torch.bool)

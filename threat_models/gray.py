@@ -217,8 +217,8 @@ def no_pairs_note(get: Callable[[str, str], float], name: str) -> str:
         if name in GRAY_ATTACKS else None
     if np.isnan(lead) or not confidence:
         return f"{name}: no pairs, because it fooled none of the correctly classified images"
-    return (f"{name}: no pairs, because no image reached the required logit lead of {confidence:g} over every other "
-            f"class (the closest reached {lead:.2f}; more search steps stopped helping)")
+    return (f"{name}: no pairs, because no image reached the confidence: a logit margin of {confidence:g} for the "
+            f"adversarial class (the largest any image reached was {lead:.2f})")
 
 
 def gray_table(rows: list[ResultRow], attack_names: list[str], *, resiliency: bool = True) -> str:

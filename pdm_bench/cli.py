@@ -374,6 +374,16 @@ def _list_components(title: str, registry: Registry[Any]) -> None:
         click.echo(f"  {status.name:<14} BROKEN {status.origin}: {status.error}")
 
 
+@cli.command(name="step", short_help="Run one study step from its JSON data (what paper --jobs and Slurm run).")
+@click.option("--spec", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="A step's data, as `paper` writes it under RESULTS_DIR/logs/steps/.")
+def step_command(spec: Path) -> None:
+    """Train or evaluate one step of a study from its data: the same call `paper` makes in its own process."""
+    from pdm_bench.study import read_step_spec, run_step_data
+
+    run_step_data(read_step_spec(spec), log=click.echo)
+
+
 @cli.command(name="list", short_help="Components, data sets, presets, devices.")
 def list_command() -> None:
     """List defenses, detectors, threat models and attacks (with their options), datasets, presets and devices."""

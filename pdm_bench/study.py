@@ -3,18 +3,23 @@ evaluate, checked before any work, as steps run in turn, in parallel or on Slurm
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from pdm_bench.api import Log, Trained, make_detector, make_threat, report, run_evaluation, train
-from pdm_bench.config import MAX_SEED
+from pdm_bench.config import MAX_SEED, config_key
 from pdm_bench.errors import UserError
 from pdm_bench.executors import ExecutorName, SlurmResources, import_submitit
 from pdm_bench.registry import defense_registry
+from pdm_bench.storage import atomic_write_text
 from pdm_bench.steps import STEP_TIMES, Step, run_in_turn, run_parallel, run_phases, study_log_dir, visible_gpus
+
+
+STEP_FORMAT = 1  # the version of a study step's data (pdm-bench step --spec FILE)
 
 
 @dataclass
@@ -74,20 +79,60 @@ class Study:
             self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
 
     def steps(self) -> tuple[list[Any], list[Any]]:
-        """The trainings (every defense, per seed), then the evaluations (threat x defense, per seed)."""
+        """The trainings (every defense, per seed), then the evaluations (threat x defense, per seed). Each step is
+        data (:meth:`step_data`), run the same way in this process, as ``pdm-bench step`` with ``--jobs`` and as a
+        Slurm job: no command line is rebuilt and parsed back."""
         def title(text: str, seed: int) -> str:
             return f"{text}, seed {seed}" if len(self.seeds) > 1 else text
 
-        trainings = [Step(title(f"train {d}", s), ("train", "--defense", d, "--seed", str(s), *self._shared_argv()),
-                          lambda d=d, s=s: self._train(d, s))  # type: ignore[misc]
+        def step(text: str, action: dict[str, Any], rank: int = 100) -> Step:
+            data = self.step_data(action)
+            return Step(text, ("step", "--spec", str(write_step_spec(self._spec_dir(), data))),
+                        lambda: run_step_data(data, log=self.log), rank=rank)
+
+        trainings = [step(title(f"train {d}", s), {"kind": "train", "defense": d, "seed": s})
                      for s in self.seeds for d in [*self.defenses, *self.train_only]]
         several = len(self.detectors) > 1
-        runs = [Step(title(f"{t} box, {d}" + (f", {k}" if several else ""), s),
-                     ("run", "--threat", t, "--defense", d, "--seed", str(s), *self._shared_argv(), *self._run_argv(t, k)),
-                     lambda t=t, d=d, s=s, k=k: self._evaluate(t, d, s, k),  # type: ignore[misc]
+        runs = [step(title(f"{t} box, {d}" + (f", {k}" if several else ""), s),
+                     {"kind": "evaluate", "threat": t, "defense": d, "seed": s, "detector": k},
                      rank=self.threat_models[t].cost_rank)
                 for s in self.seeds for t in self.threats for k in self.detectors for d in self.defenses]
         return trainings, runs
+
+    def to_data(self) -> dict[str, Any]:
+        """The study's settings as JSON-able data (``Study.from_data`` gives it back; not the log function)."""
+        data: dict[str, Any] = {}
+        for option in fields(self):
+            if option.name in ("log", "slurm"):
+                continue
+            value = getattr(self, option.name)
+            data[option.name] = str(value) if isinstance(value, Path) else \
+                list(value) if isinstance(value, tuple) else value
+        data["threat_options"] = {t: dict(o) for t, o in self.threat_options.items()}
+        data["slurm"] = None if self.slurm is None else asdict(self.slurm)
+        return data
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any], *, log: Log = print) -> Study:
+        """The study of :meth:`to_data`'s ``data``, checked again as any study is."""
+        settings = dict(data)
+        if settings.get("slurm") is not None:
+            settings["slurm"] = SlurmResources(**settings["slurm"])
+        return cls(**settings, log=log)
+
+    def step_data(self, action: Mapping[str, Any]) -> dict[str, Any]:
+        """One step as data: the study's settings and what to do (train, or evaluate under a threat model)."""
+        return {"format": STEP_FORMAT, "study": self.to_data(), "step": dict(action)}
+
+    def run_action(self, action: Mapping[str, Any]) -> None:
+        """Do one step's action: train a defense, or evaluate it under a threat model with a detector."""
+        if action["kind"] == "train":
+            self._train(action["defense"], action["seed"])
+        else:
+            self._evaluate(action["threat"], action["defense"], action["seed"], action["detector"])
+
+    def _spec_dir(self) -> Path:
+        return study_log_dir(Path(self.results_dir)) / "steps"  # type: ignore[arg-type]
 
     def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
         """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
@@ -117,24 +162,6 @@ class Study:
                  f"Each step's time: {log_dir / STEP_TIMES}")
         return written
 
-    def _shared_argv(self) -> list[str]:
-        argv = ["--dataset", self.dataset, "--preset", self.preset, "--device", self.device,
-                "--results-dir", str(self.results_dir), "--progress" if self.progress else "--no-progress"]
-        for flag, value in (("--epochs", self.epochs), ("--data-dir", self.data_dir), ("--cache-dir", self.cache_dir)):
-            if value is not None:
-                argv += [flag, str(value)]
-        return argv
-
-    def _run_argv(self, threat: str, detector: str) -> list[str]:
-        """The detector, N, and each option of the threat model that differs from its default (as validated)."""
-        argv = ["--detector", detector, *(["--n-samples", str(self.n_samples)] if self.n_samples else [])]
-        params = self.threat_models[threat].params
-        defaults = type(params)()
-        for option in fields(params):
-            if (value := getattr(params, option.name)) != getattr(defaults, option.name):
-                argv += ["-t", f"{option.name}={value}"]
-        return argv
-
     def _train(self, defense: str, seed: int) -> Trained:
         return train(dataset=self.dataset, defense=defense, preset=self.preset, epochs=self.epochs, seed=seed,
                      data_dir=self.data_dir, cache_dir=self.cache_dir, device=self.device, progress=self.progress,
@@ -145,6 +172,35 @@ class Study:
         run_evaluation(trained, self.threat_models[threat], make_detector(detector), Path(self.results_dir),  # type: ignore[arg-type]
                        n_samples=self.n_samples, geometry=True, progress=self.progress, log=self.log,
                        command="python: pdm_bench.Study")
+
+
+def write_step_spec(directory: Path, data: Mapping[str, Any]) -> Path:
+    """``data`` as ``DIRECTORY/<key>.json`` (named by its content, so a changed step is a new file); its path."""
+    text = json.dumps(data, sort_keys=True, indent=1)
+    path = directory / f"{config_key(dict(data))}.json"
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
+    return path
+
+
+def run_step_data(data: Mapping[str, Any], *, log: Log = print) -> None:
+    """Run one study step from its data (:meth:`Study.step_data`): what ``pdm-bench step --spec FILE`` does."""
+    if not isinstance(data, Mapping) or data.get("format") != STEP_FORMAT or not isinstance(data.get("study"), Mapping) \
+            or not isinstance(data.get("step"), Mapping) or data["step"].get("kind") not in ("train", "evaluate"):
+        raise UserError(f"a study step's data must be what pdm-bench wrote (format {STEP_FORMAT}: study, step with "
+                        "kind train or evaluate)")
+    Study.from_data(data["study"], log=log).run_action(data["step"])
+
+
+def read_step_spec(path: Path) -> dict[str, Any]:
+    """A step's data from its JSON file; a missing or corrupt file is one line."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read the study step {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"the study step {path} holds no step data")
+    return data
 
 
 def check_defenses(option: str, names: Sequence[str]) -> None:

@@ -14,7 +14,7 @@ threads.apply_defaults()  # before anything imports torch: see pdm_bench.threads
 
 __version__ = "0.1.0"
 
-__all__ = ["Study", "Trained", "evaluate", "load", "report", "train", "wrap"]
+__all__ = ["RunPlan", "Study", "Trained", "evaluate", "execute", "load", "plan", "report", "train", "wrap"]
 
 
 def __getattr__(name: str) -> Any:

@@ -229,6 +229,49 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
                           geometry=geometry, progress=progress, log=log, command=command)
 
 
+@dataclass(frozen=True)
+class RunPlan:
+    """A run resolved and checked before any training (names, options, the detector against the threat model and
+    the model's view, the results directory, N against the test set): what :func:`execute` runs. ``pdm-bench run``
+    is ``plan`` then ``execute``."""
+
+    config: ModelConfig
+    threat: ThreatModel
+    detector: Detector
+    results_dir: Path
+    n_samples: int | None = None
+    geometry: bool = True
+
+
+def plan(*, threat: str | ThreatModel = "gray", detector: str | Detector = "kde", dataset: str = "digits",
+         defense: str = "pdm", options: Mapping[str, Any] | None = None, preset: str = "quick", epochs: int | None = None,
+         seed: int = 0, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
+         n_samples: int | None = None, results_dir: str | Path = "pdm-results", geometry: bool = True,
+         **threat_options: Any) -> RunPlan:
+    """Resolve and check a whole run (model, threat model with ``threat_options``, detector, results, N) without
+    training anything; bad input is one :class:`UserError` line."""
+    if threat_options and not isinstance(threat, str):
+        raise UserError("give threat options either to the built threat model or as keywords, not both")
+    threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
+    chosen = make_detector(detector) if isinstance(detector, str) else detector
+    threat_model.check_detector(chosen)
+    results = check_results_dir(results_dir)
+    config = resolve_model(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
+                           data_dir=data_dir, cache_dir=cache_dir, device=device)
+    sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training
+    check_detector_view(chosen, config)  # a plugin detector's view of the model, before training
+    return RunPlan(config, threat_model, chosen, results, n_samples, geometry)
+
+
+def execute(run: RunPlan, *, progress: bool = False, log: Log = print, command: str = "python: pdm_bench.execute"
+            ) -> list[ResultRow]:
+    """Train (or reuse) the plan's model and run its evaluation; this run's rows."""
+    trained = train_config(run.config, progress=progress, log=log, results_dir=None, geometry=run.geometry,
+                           command=command)
+    return run_evaluation(trained, run.threat, run.detector, run.results_dir, n_samples=run.n_samples,
+                          geometry=run.geometry, progress=progress, log=log, command=command)
+
+
 def sample_indices(data: Dataset, n_samples: int | None, plan: Any) -> Any:
     """The test images a run attacks: ``n_samples`` of them (None: the preset's number), seeded by the plan."""
     from pdm_bench.evaluation import sample_indices as draw

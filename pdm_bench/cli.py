@@ -232,14 +232,12 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
     threat_model = api.make_threat(threat, threat_options(threat, _pop_threat_flags(options), threat_option_pairs,
                                                           strict=True))
     chosen = detector_choice(detector, detector_option_pairs, bandwidth, kde_points)
-    threat_model.check_detector(chosen)
-    api.check_results_dir(results_dir)
-    config = _resolve(**options)
-    api.sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training
-    api.check_detector_view(chosen, config)  # a plugin detector's view of the model, before training
-    trained = _train(config, options["progress"])
-    api.run_evaluation(trained, threat_model, chosen, results_dir, n_samples=n_samples, geometry=geometry,
-                       progress=_progress(options["progress"]), log=click.echo, command=_command_line())
+    progress = _progress(options.pop("progress"))
+    defense_options = parse_pairs(options.pop("defense_options"), flag="--defense-option")
+    model = {**options, "options": defense_options}
+    planned = api.plan(threat=threat_model, detector=chosen, n_samples=n_samples, results_dir=results_dir,
+                       geometry=geometry, **model)
+    api.execute(planned, progress=progress, log=click.echo, command=_command_line())
     click.echo(f"Tables and figures from these rows: pdm-bench report --results-dir {results_dir}")
 
 

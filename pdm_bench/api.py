@@ -1,9 +1,16 @@
-"""The Python API: what the CLI does, as functions (same caches, resuming and results files).
+"""The Python API: what the CLI does, as functions (same caches, resuming and results files), and the extension
+contracts in one namespace.
 
     import pdm_bench as pb
     trained = pb.train(dataset="digits", defense="pdm")
     rows = pb.evaluate(trained, threat="gray", attacks=["fgsm-0.1", "cw"], n_samples=200)
     pb.report("pdm-results", out="report/")
+
+The contracts a plugin implements (docs/plugins.md): :class:`Defense` (a training loss), :class:`Detector` (a
+score on the embedding, its view of the model checked by :func:`check_view`), :class:`ThreatModel` with its
+:class:`ThreatParams`, the model contract (:class:`EmbeddingClassifier`, checked by :func:`check_classifier`), the
+results schema (:class:`ResultRow`, :class:`Metric`) and the :class:`Registry` they join by entry point. A gray-box
+attack is an ``AttackSpec`` (``pdm_bench.threat_models.attack_specs``, the component layer).
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ if TYPE_CHECKING:
     from pdm_bench.training import TrainedModel
 
 Log = Callable[[str], None]
+
+__all__ = ["Defense", "Detector", "EmbeddingClassifier", "Metric", "Registry", "ResultRow", "RunPlan", "ThreatModel",
+           "ThreatParams", "Trained", "TrainContext", "check_classifier", "check_view", "evaluate", "execute", "load",
+           "plan", "report", "train", "wrap"]
 
 
 @dataclass(frozen=True)
@@ -357,3 +368,12 @@ def report(results_dir: str | Path | Sequence[str | Path] = "pdm-results", *, ou
         if not results.is_dir():
             raise UserError(f"Results directory {results} does not exist: pass the --results-dir of your runs")
     return write_report(directories, Path(out) if out is not None else directories[0] / "report")
+
+
+# The extension contracts (see the module docstring), importable from here.
+from pdm_bench.contract import EmbeddingClassifier, check_classifier  # noqa: E402
+from pdm_bench.defense import TrainContext  # noqa: E402
+from pdm_bench.detectors import Detector, check_view  # noqa: E402,F811
+from pdm_bench.registry import Registry  # noqa: E402
+from pdm_bench.results import Metric, ResultRow  # noqa: E402,F811
+from pdm_bench.threat import ThreatModel, ThreatParams  # noqa: E402,F811

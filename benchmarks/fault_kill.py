@@ -43,7 +43,7 @@ COMMANDS: dict[str, list[str]] = {
               "--threats", "gray", "--attacks", "fgsm-0.1,cw", "--no-resiliency", "--n-samples", "40", "--no-progress"],
 }
 IGNORED_COLUMNS = {"time"}
-TIMING_METRICS = {"attack_seconds", "stage1_seconds", "seconds", "train_seconds"}
+TIMING_METRICS = {"attack_seconds", "stage1_seconds", "proxy_seconds", "seconds", "train_seconds"}
 
 
 def run(command: list[str], folder: Path, *, kill_after: float | None = None) -> tuple[int, float]:

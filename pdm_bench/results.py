@@ -81,6 +81,8 @@ class Metric(Name):
     L0_MEAN = "l0_mean"
     ATTACK_SECONDS = "attack_seconds"
     FLOW_TOTAL = "flow_total"
+    DISTORTION_CHANGE = "distortion_change"  # white box: (d at twice the Adam steps - d) / d, the doubling check
+    DOUBLING_CONVERGED = "doubling_converged"  # 1 where that change is within DOUBLING_TOLERANCE, else 0
     CLOSEST_LEAD = "closest_lead"  # C&W: the largest logit margin (what the confidence is measured against) reached
     DISTORTION = "distortion"
     DISTORTION_MEDIAN = "distortion_median"

@@ -29,6 +29,8 @@ from pdm_bench.threat import ThreatParams
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, DensityScore, Threshold, class_log_thresholds
 
 WB, CW = Attack.CW_WB.value, Attack.CW.value
+WB_DOUBLED = f"{WB}-2x"  # C&W-wb again at the reported rung with twice the Adam steps: the doubling check
+DOUBLING_TOLERANCE = 0.05  # d has converged when doubling the steps moves it by at most this share
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -271,9 +273,10 @@ class WhiteParams(ThreatParams):
     wb_confidence: float = 0.0
     warm_start: bool = True
     carry_rungs: bool = False
+    check_doubling: bool = False
 
     def __post_init__(self) -> None:
-        for name in ("warm_start", "carry_rungs"):
+        for name in ("warm_start", "carry_rungs", "check_doubling"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("max_iter", "binary_search_steps", "kde_points"):

@@ -4,7 +4,7 @@ then plain C&W at that budget, the adaptivity check's reference: what the white 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,7 @@ class BudgetSearch:
 
     rungs: list[Rung]
     plain: Scored
+    doubled: Rung | None = None  # the reported rung again at twice the Adam steps (``double_final``)
 
     @property
     def final(self) -> Rung:
@@ -33,7 +34,7 @@ class BudgetSearch:
 
 def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[WhiteBudget], x: np.ndarray, y: np.ndarray,
                   targets: np.ndarray, judge: tuple[torch.nn.Module, Detector], clean: tuple[np.ndarray, np.ndarray],
-                  name: str = WB, cache: dict[str, Any] | None = None) -> BudgetSearch:
+                  name: str = WB, cache: dict[str, Any] | None = None, double_final: bool = False) -> BudgetSearch:
     """Run the two stages at each budget of ``schedule`` until ``judge`` (model, KDE) finds every attack successful
     and AUC <= 0.5, then plain C&W at that budget: stage 2 without the density term (same targets, same start, same
     confidence), the adaptivity check's reference. Images are cached per budget under ``ev``'s results directory."""
@@ -50,7 +51,15 @@ def search_budget(ev: Evaluation, attack: WhiteAttack, *, schedule: Sequence[Whi
         ladder.log(rung, len(schedule))
         if rung.met:
             break
-    return BudgetSearch(rungs, ladder.plain(rungs[-1].budget, x_stage1))
+    plain = ladder.plain(rungs[-1].budget, x_stage1)
+    doubled = None
+    if double_final:  # the doubling check: the reported rung with twice the Adam steps (its own cached images)
+        last = rungs[-1]
+        doubled, _ = ladder.rung(last.index, replace(last.budget, max_iter=2 * last.budget.max_iter), rungs[:-1])
+        ev.log(f"{name} at twice the Adam steps ({doubled.budget.max_iter}): success {doubled.wb.success:.3f}, AUC "
+               f"{doubled.wb.auc.value:.3f}, d {mean_or_nan(doubled.wb.distortion):.4f} (reported: "
+               f"{mean_or_nan(last.wb.distortion):.4f})")
+    return BudgetSearch(rungs, plain, doubled)
 
 
 def carried_start(previous: Scored, x_stage1: np.ndarray, targets: np.ndarray) -> np.ndarray:

@@ -9,6 +9,7 @@ d = mean ||x - x'||_2 / sqrt(n), beside plain C&W at the same budget (the adapti
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -27,7 +28,8 @@ from pdm_bench.threat_models.detector_head import TrainsDetectorHeads
 from pdm_bench.threat_models.attack_specs import attack_targets
 from pdm_bench.threat_models.cw_kde import THRESHOLDS, Threshold
 from pdm_bench.threat_models.figures import distortion_figure
-from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, WB, WHITE_FLAGS, Scored, WhiteAttack, WhiteBudget,
+from pdm_bench.threat_models.cw_wb import (CW, DEFAULT_SCHEDULE, DOUBLING_TOLERANCE, WB, WB_DOUBLED, WHITE_FLAGS, Rung,
+                                           Scored, WhiteAttack, WhiteBudget,
                                            WhiteParams, budget_rows, check_schedule, mean_or_nan, require_embedding,
                                            scored_rows, seconds_spent, start_run, speedup_settings)
 from pdm_bench.threat_models.cw_wb_search import search_budget
@@ -45,7 +47,7 @@ def save_distortions(ev: Evaluation, name: str, s: Scored) -> np.ndarray:
 def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHEDULE, kde_points: int = 100,
               threshold: Threshold = "median", confidence: float = 5.0, wb_confidence: float = 0.0,
               stage1_search_steps: int = 3, batch_size: int = 256, warm_start: bool = True,
-              carry_rungs: bool = False) -> list[ResultRow]:
+              carry_rungs: bool = False, check_doubling: bool = False) -> list[ResultRow]:
     """C&W-wb and plain C&W (same seeded targets) on the N sampled test images; return this run's rows.
 
     Rows: ``cw-wb`` and ``cw`` with auc (+ auc_low/high), success_rate, pairs_kept, distortion (mean d), ...;
@@ -62,7 +64,8 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
                 "stage1_search_steps": stage1_search_steps, **speedup_settings(warm_start, carry_rungs)}
     images_ev, ev, (x, y), (clean_pred, clean_score) = start_run(ev, "white", settings, budgets)
     data = ev.dataset
-    if ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.DISTORTION)):
+    done = ev.results.finished(ev.run_id, WB, legacy=(WB, Metric.DISTORTION))
+    if done and (not check_doubling or ev.results.finished(ev.run_id, WB_DOUBLED)):
         ev.log(f"{WB}: already in {ev.results.path}, skipped")
         return ev.results.run_rows(ev.run_id)
     reference = None if isinstance(ev.detector, KDEDetector) else reference_embeddings(
@@ -74,7 +77,13 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     copy = f"KDE subset {kde_points}/class" if reference is None else f"detector {ev.detector.name}'s score"
     ev.log(f"{WB}: attacking {len(y)} images ({copy}, threshold {threshold}) ...")
     search = search_budget(images_ev, attack, schedule=budgets, x=x, y=y, targets=targets,
-                           judge=(ev.trained.model, ev.detector), clean=(clean_pred, clean_score))
+                           judge=(ev.trained.model, ev.detector), clean=(clean_pred, clean_score),
+                           double_final=check_doubling)
+    if search.doubled is not None and not ev.results.finished(ev.run_id, WB_DOUBLED):
+        ev.results.append(doubling_rows(ev, search.final, search.doubled, y, (clean_pred, clean_score)),
+                          completes=WB_DOUBLED)
+    if done:  # only the doubling check was missing
+        return ev.results.run_rows(ev.run_id)
     final = search.final
     if not final.met:
         ev.log(f"{WB}: the largest budget left success {final.wb.success:.3f} and AUC {final.wb.auc.value:.3f} "
@@ -97,6 +106,19 @@ def run_white(ev: Evaluation, *, schedule: Sequence[WhiteBudget] = DEFAULT_SCHED
     return ev.results.run_rows(ev.run_id)
 
 
+def doubling_rows(ev: Evaluation, final: Rung, doubled: Rung, y: np.ndarray,
+                  clean: tuple[np.ndarray, np.ndarray]) -> list[ResultRow]:
+    """The doubling check: C&W-wb at the reported rung with twice the Adam steps, and how much d moved."""
+    d, d2 = mean_or_nan(final.wb.distortion), mean_or_nan(doubled.wb.distortion)
+    change = (d2 - d) / d if d and math.isfinite(d) and math.isfinite(d2) else math.nan
+    n = len(final.wb.keep)
+    return [*scored_rows(ev, WB_DOUBLED, doubled.wb, y, clean),
+            ev.row(WB_DOUBLED, Metric.BUDGET_ITERATIONS, doubled.budget.max_iter, len(y)),
+            ev.row(WB_DOUBLED, Metric.DISTORTION_CHANGE, change, n),
+            ev.row(WB_DOUBLED, Metric.DOUBLING_CONVERGED,
+                   math.nan if math.isnan(change) else float(abs(change) <= DOUBLING_TOLERANCE), n)]
+
+
 def white_table(rows: list[ResultRow]) -> str:
     """The table printed after a run: each budget tried, then C&W-wb against plain C&W (the adaptivity check)."""
     get = value_getter(rows)
@@ -117,6 +139,11 @@ def white_table(rows: list[ResultRow]) -> str:
                  f"{get(WB, 'kde_points'):.0f} KDE points, tau quantile {get(WB, 'tau_quantile'):g} (rung "
                  f"{get(WB, 'budget_rung'):.0f}); criterion (all succeed, AUC <= 0.5) "
                  f"{'met' if get(WB, 'criterion_met') == 1 else 'NOT met'}")
+    if not math.isnan(change := get(WB_DOUBLED, Metric.DISTORTION_CHANGE)):
+        converged = get(WB_DOUBLED, Metric.DOUBLING_CONVERGED) == 1
+        lines.append(f"doubling check: d {get(WB, 'distortion'):.4f} -> {get(WB_DOUBLED, 'distortion'):.4f} at "
+                     f"{get(WB_DOUBLED, 'budget_iterations'):.0f} Adam steps ({100 * change:+.1f}%: "
+                     f"{'converged' if converged else 'NOT converged'}, tolerance {100 * DOUBLING_TOLERANCE:g}%)")
     adaptive = get(CW, "auc") > 0.5 >= get(WB, "auc")
     lines.append(f"adaptivity check: plain C&W AUC {get(CW, 'auc'):.3f} vs C&W-wb {get(WB, 'auc'):.3f} "
                  f"({'passed' if adaptive else 'FAILED: plain C&W is not detected, or C&W-wb is'})")
@@ -142,7 +169,7 @@ class WhiteBox(TrainsDetectorHeads):
         p = self.params
         return run_white(evaluation, schedule=p.schedule(), kde_points=p.kde_points, threshold=p.threshold,  # type: ignore[arg-type]
                          confidence=p.confidence, wb_confidence=p.wb_confidence,
-                         warm_start=p.warm_start, carry_rungs=p.carry_rungs)
+                         warm_start=p.warm_start, carry_rungs=p.carry_rungs, check_doubling=p.check_doubling)
 
     def summary(self, rows: list[ResultRow]) -> str:
         return white_table(rows)

@@ -382,6 +382,26 @@ def step_command(spec: Path) -> None:
     run_step_data(read_step_spec(spec), log=click.echo)
 
 
+@cli.group(short_help="Get the data sets: pdm-bench data download mnist|cifar10.")
+def data() -> None:
+    """Data sets that are not embedded (digits is): download them from the sources torchvision uses."""
+
+
+@data.command(name="download", short_help="Download MNIST or CIFAR-10 (checksummed, resumable).")
+@click.argument("name", metavar="mnist|cifar10")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("data"),
+              envvar="PDM_BENCH_DATA", show_default=True,
+              help="Where to put it (NAME/ inside it); then pass the same --data-dir to train, run and paper "
+                   "[env PDM_BENCH_DATA].")
+@click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal].")
+def download_command(name: str, data_dir: Path, progress: bool | None) -> None:
+    """Download data set NAME into DATA_DIR/NAME/, checked against its published md5; an interrupted download
+    resumes where it stopped."""
+    from pdm_bench.download import download
+
+    download(name, data_dir, progress=_progress(progress), log=click.echo)
+
+
 @cli.command(name="list", short_help="Components, data sets, presets, devices.")
 def list_command() -> None:
     """List defenses, detectors, threat models and attacks (with their options), datasets, presets and devices."""

@@ -84,11 +84,11 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
         if base is None:
             raise UserError(
                 f"Dataset '{name}' needs its files: pass --data-dir DIR or set {DATA_ENV_VAR} "
-                f"(looked in: nowhere, neither is given; expected {LAYOUTS[name]})"
+                f"(looked in: nowhere, neither is given; expected {LAYOUTS[name]}){_download_hint(name)}"
             )
         if not base.is_dir():
             raise UserError(f"Data directory {base} (from --data-dir or {DATA_ENV_VAR}) does not exist; "
-                            f"dataset '{name}' expects {LAYOUTS[name]}")
+                            f"dataset '{name}' expects {LAYOUTS[name]}{_download_hint(name)}")
         if name == "mnist":
             source = mnist_source(base)
         elif name == "cifar10":
@@ -196,3 +196,8 @@ def _write_cache(stem: Path, safe: str, x_all: np.ndarray, **meta: np.ndarray) -
             with contextlib.suppress(OSError):
                 if not p.name.startswith(".") or time.time() - p.stat().st_mtime > 3600:
                     p.unlink()
+
+
+def _download_hint(name: str) -> str:
+    """How to get a data set that can be downloaded ('' for the others)."""
+    return f"; get it with: pdm-bench data download {name} --data-dir DIR" if name in ("mnist", "cifar10") else ""

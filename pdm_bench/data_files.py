@@ -64,7 +64,8 @@ def mnist_source(base: Path) -> Source:
             return Source(_stamp(files), lambda: _decode_mnist(files))
     raise UserError(
         f"Dataset 'mnist' needs its files: none found (looked in: {', '.join(map(str, dirs))}; "
-        f"expected {LAYOUTS['mnist']}). Download MNIST there, or pass --data-dir DIR / set {DATA_ENV_VAR}"
+        f"expected {LAYOUTS['mnist']}). Get it with: pdm-bench data download mnist --data-dir DIR, then pass "
+        f"--data-dir DIR or set {DATA_ENV_VAR}"
     )
 
 
@@ -140,7 +141,8 @@ def cifar10_source(base: Path) -> Source:
             return Source(_stamp(files), lambda: _decode_cifar10(d))
     raise UserError(
         f"Dataset 'cifar10' needs its files: none found (looked in: {', '.join(map(str, dirs))}; "
-        f"expected {LAYOUTS['cifar10']}). Pass --data-dir DIR or set {DATA_ENV_VAR}"
+        f"expected {LAYOUTS['cifar10']}). Get it with: pdm-bench data download cifar10 --data-dir DIR, then pass "
+        f"--data-dir DIR or set {DATA_ENV_VAR}"
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -55,6 +56,8 @@ class SlurmResources:
     def parameters(self, cluster: str) -> dict[str, Any]:
         """submitit's ``update_parameters`` for these resources."""
         chosen: dict[str, Any] = {"timeout_min": self.time_min, "mem_gb": self.mem_gb, "cpus_per_task": self.cpus_per_job}
+        if cluster == "slurm":  # the warning before the time limit, on which the job is requeued (StepJob)
+            chosen["slurm_signal_delay_s"] = max(15, min(90, self.time_min * 60 // 4))
         if self.gpus_per_job:
             chosen["gpus_per_node"] = self.gpus_per_job
         if self.partition and cluster == "slurm":
@@ -63,15 +66,38 @@ class SlurmResources:
 
 
 def run_step_job(argv: list[str], marker: str) -> float:
-    """Inside a job: run the step; on success leave ``marker`` and return the seconds it took."""
+    """Inside a job: run the step; on success leave ``marker`` and return the seconds it took. The step ignores
+    Slurm's warning signal, which is for submitit (:class:`StepJob` requeues the job)."""
     started = time.perf_counter()
-    code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], check=False).returncode
+    code = subprocess.run([sys.executable, "-m", "pdm_bench", *argv], check=False,
+                          preexec_fn=lambda: signal.signal(signal.SIGUSR2, signal.SIG_IGN)).returncode
     if code != 0:
         raise RuntimeError(f"pdm-bench {' '.join(argv)} exited with {code}")
     seconds = time.perf_counter() - started
     Path(marker).parent.mkdir(parents=True, exist_ok=True)
     Path(marker).write_text(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {seconds:.1f} s\n", encoding="utf-8")
     return seconds
+
+
+class StepJob:
+    """A step as a Slurm job that submitit requeues when the job nears its time limit or is preempted: the rerun
+    resumes from what the step stored (finished epochs, attack chunks of 50 images, rows), so no finished work is
+    redone. At most :data:`MAX_REQUEUES` times."""
+
+    def __init__(self, argv: list[str], marker: str) -> None:
+        self.argv, self.marker = argv, marker
+
+    def __call__(self) -> float:
+        return run_step_job(self.argv, self.marker)
+
+    def checkpoint(self, *_: Any, **__: Any) -> Any:
+        """submitit calls this on Slurm's warning signal: the same step again."""
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(StepJob(self.argv, self.marker))
+
+
+MAX_REQUEUES = 20
 
 
 def done_marker(log_dir: Path, step: Step) -> Path:
@@ -104,7 +130,8 @@ def run_jobs(steps: Sequence[Step], *, resources: SlurmResources, log_dir: Path,
             echo(f"  done earlier: {step.title} (not submitted)")
         else:
             queue.append(step)
-    executor = submitit.AutoExecutor(folder=log_dir / "slurm" / "%j", cluster=cluster)
+    executor = submitit.AutoExecutor(folder=log_dir / "slurm" / "%j", cluster=cluster,
+                                     slurm_max_num_timeout=MAX_REQUEUES)
     executor.update_parameters(**resources.parameters(cluster))
     running: dict[Any, Step] = {}
     failures: list[str] = []
@@ -152,7 +179,7 @@ def submit(executor: Any, step: Step, log_dir: Path, *, refusals: tuple[type[Exc
     """One step as one job; Slurm's refusal (an account, QOS or option it does not accept) as one line."""
     executor.update_parameters(name=f"pdm-bench-{step.slug}"[:64])
     try:
-        return executor.submit(run_step_job, list(step.argv), str(done_marker(log_dir, step)))
+        return executor.submit(StepJob(list(step.argv), str(done_marker(log_dir, step))))
     except refusals as error:
         said = getattr(error, "stderr", None) or getattr(error, "output", None) or str(error)
         text = said.decode(errors="replace") if isinstance(said, bytes) else str(said)

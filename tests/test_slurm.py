@@ -98,3 +98,30 @@ def test_a_job_asking_more_than_the_partition_gives_is_named_and_can_be_cancelle
     subprocess.run(["scancel", warning.split("scancel ")[1].strip(" )\n")], check=True)
     _, err = study.communicate(timeout=300)
     assert study.returncode == 2 and "state CANCELLED" in err and "Traceback" not in err, err
+
+
+
+LONG = ("paper", "--dataset", "digits", "--epochs", "150", "--defenses", "baseline", "--train-only", "", "--threats",
+        "gray", "--attacks", "fgsm-0.1", "--no-resiliency", "--n-samples", "50", "--no-progress")
+
+
+def test_a_step_past_its_time_limit_is_requeued_and_finishes_with_the_local_rows(slurm: None, tmp_path: Path) -> None:
+    """A 150-epoch digits training takes longer than a 1-minute job: submitit requeues it at Slurm's warning signal,
+    each run resumes after its last finished epoch, and the rows (weights, accuracy, AUCs) equal a local run's."""
+    local = pdm_bench(*LONG, "--results-dir", str(tmp_path / "local"), cache=tmp_path / "cache-local")
+    assert local.returncode == 0, local.stderr
+    short = ("--executor", "slurm", "--slurm-gpus-per-job", "0", "--slurm-cpus-per-job", "1", "--slurm-mem", "2",
+             "--slurm-time", "1")
+    done = pdm_bench(*LONG, *short, "--results-dir", str(tmp_path / "slurm"), cache=tmp_path / "cache-slurm")
+    assert done.returncode == 0, done.stderr + done.stdout
+    outputs = "".join(p.read_text(errors="replace") for p in (tmp_path / "slurm" / "logs" / "slurm").rglob("*.out"))
+    assert "Resuming" in outputs, outputs[-3000:]  # a requeued run went on after its last finished epoch
+
+    def values(folder: Path) -> list[tuple[str, ...]]:
+        import csv
+
+        with open(folder / "results.csv", encoding="utf-8", newline="") as handle:
+            return sorted(tuple(v for k, v in r.items() if k != "time") for r in csv.DictReader(handle)
+                          if r["metric"] not in ("attack_seconds", "finished"))
+
+    assert values(tmp_path / "slurm") == values(tmp_path / "local")

@@ -90,11 +90,7 @@ def train_or_load(
         raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
     model = _new_model(defense, plan, dataset, device)
     if meta is not None and meta.get("finished") and entry.weights_path.exists():
-        try:
-            _load_state(model, entry.weights_path, "weights", device)
-        except CorruptFile as error:
-            raise UserError(f"Trained model {error}: remove {run_dir} and rerun the same command to train it again") from None
-        check_reused(model, entry, meta, dataset, device)
+        _load_reused(model, entry, meta, dataset, device)
         log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
         return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
 
@@ -255,6 +251,17 @@ def _read_meta(entry: ModelEntry) -> dict[str, Any] | None:
                 raise UserError(f"Corrupt model metadata {entry.meta_path}: '{key}' is missing or not a "
                                 f"{kind.__name__}; remove {entry.run_dir} to retrain")
     return meta
+
+
+def _load_reused(model: nn.Module, entry: ModelEntry, meta: dict[str, Any], dataset: Dataset,
+                 device: torch.device) -> None:
+    """The finished model's weights loaded into ``model`` and checked (:func:`check_reused`)."""
+    try:
+        _load_state(model, entry.weights_path, "weights", device)
+    except CorruptFile as error:
+        raise UserError(f"Trained model {error}: remove {entry.run_dir} and rerun the same command to train it "
+                        "again") from None
+    check_reused(model, entry, meta, dataset, device)
 
 
 def check_reused(model: nn.Module, entry: ModelEntry, meta: dict[str, Any], dataset: Dataset,

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from pdm_bench.defenses.base import Defense, LossTerms, TrainContext, check_non_negative
+from pdm_bench.defenses.base import Defense, LossTerms, TrainContext, check_loss_weights
 from pdm_bench.defenses.losses import (
     cross_entropy,
     reduce_variance_loss,
@@ -47,7 +47,7 @@ class SiameseRVL(Defense):
     def __post_init__(self) -> None:
         if not 0.0 <= self.q <= 1.0:
             raise ValueError(f"q must be in [0, 1], got {self.q}")
-        check_non_negative(self, "classification_weight", "partner_classification_weight", "siamese_weight", "rvl_weight")
+        check_loss_weights(self, "classification_weight", "partner_classification_weight", "siamese_weight", "rvl_weight")
 
     def classification_loss(self, z: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
         return cross_entropy(z, y)

@@ -15,12 +15,14 @@ attack is an ``AttackSpec`` (``pdm_bench.threat_models.attack_specs``, the compo
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from pdm_bench.arguments import check_mapping, checked
 from pdm_bench.config import dataset_family, get_preset, make_plan, resolve_cache_dir, resolve_device
 from pdm_bench.data import load_dataset, resolve_data_dir
 from pdm_bench.defense import Defense
@@ -99,21 +101,25 @@ def resolve_model(*, dataset: str, defense: str, options: Mapping[str, Any] | No
                   seed: int, data_dir: str | Path | None, cache_dir: str | Path | None, device: str) -> ModelConfig:
     """Every name and value of a model's config checked and resolved; the data set is loaded (decoded once, cached)."""
     torch_device = resolve_device(device)
-    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in (options or {}).items()},
+    given = check_mapping(f"defense '{defense}'", "options", options)
+    chosen = defense_registry().get(defense).from_options({k: str(v) for k, v in given.items()},
                                                           preset=get_preset(preset).name, family=dataset_family(dataset))
-    cache = resolve_cache_dir(cache_dir)
+    cache = check_cache_dir(resolve_cache_dir(cache_dir))
     data = load_dataset(dataset, data_dir=resolve_data_dir(data_dir), cache_dir=cache)
     plan = make_plan(preset, dataset=data.name, input_shape=data.input_shape, num_classes=data.num_classes,
                      seed=seed, epochs=epochs if epochs is not None else chosen.default_epochs)
     return ModelConfig(data, chosen, plan, cache, torch_device)
 
 
+@checked
 def train(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, Any] | None = None,
           preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
           cache_dir: str | Path | None = None, device: str = "auto", progress: bool = False, log: Log = print,
           results_dir: str | Path | None = None, geometry: bool = True, command: str = "python: pdm_bench.train") -> Trained:
     """Train ``defense`` on ``dataset`` (or reuse the cached model of this exact config) and return it. With
     ``results_dir``, also record its clean accuracy and embedding geometry there (Table 1, Figure 2)."""
+    if results_dir is not None:
+        check_results_dir(results_dir)
     config = resolve_model(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
                       data_dir=data_dir, cache_dir=cache_dir, device=device)
     return train_config(config, progress=progress, log=log, results_dir=results_dir, geometry=geometry, command=command)
@@ -143,6 +149,7 @@ def train_config(config: ModelConfig, *, progress: bool, log: Log, results_dir: 
     return trained
 
 
+@checked
 def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str, Any] | None = None,
          preset: str = "quick", epochs: int | None = None, seed: int = 0, data_dir: str | Path | None = None,
          cache_dir: str | Path | None = None, device: str = "auto", log: Log = print) -> Trained:
@@ -158,6 +165,7 @@ def load(*, dataset: str = "digits", defense: str = "pdm", options: Mapping[str,
     return train_config(config, progress=False, log=log, results_dir=None, geometry=False, command="python: pdm_bench.load")
 
 
+@checked
 def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits: bool = False, name: str = "pretrained",
          preset: str = "quick", seed: int = 0, data_dir: str | Path | None = None, cache_dir: str | Path | None = None,
          device: str = "auto") -> Trained:
@@ -181,12 +189,13 @@ def wrap(module: torch.nn.Module, *, embedding: str, dataset: str, negate_logits
     return Trained(data, entry, torch_device)
 
 
+@checked
 def make_detector(name: str = "kde", options: Mapping[str, Any] | None = None) -> Detector:
     """A detector by registry name, with its options (strings are converted to each option's type)."""
     from pdm_bench.options import build_options
 
     cls = detector_registry().get(name)
-    return build_options(cls, dict(options or {}), owner=f"detector '{name}'")  # type: ignore[return-value]
+    return build_options(cls, dict(check_mapping(f"detector '{name}'", "options", options)), owner=f"detector '{name}'")  # type: ignore[return-value]
 
 
 def check_detector_view(detector: Detector, config: ModelConfig) -> None:
@@ -201,15 +210,39 @@ def check_detector_view(detector: Detector, config: ModelConfig) -> None:
     check_view(detector, model, input_shape=config.data.input_shape, num_classes=config.data.num_classes)
 
 
+@checked
 def make_threat(name: str, options: Mapping[str, Any] | None = None) -> ThreatModel:
     """A threat model by registry name, with its options validated."""
-    return threat_model_registry().get(name).from_options(dict(options or {}))  # type: ignore[no-any-return]
+    values = check_mapping(f"threat model '{name}'", "options", options)
+    return threat_model_registry().get(name).from_options(dict(values))  # type: ignore[no-any-return]
+
+
+def check_cache_dir(cache: Path) -> Path:
+    """Refuse, before any work, a cache folder that cannot be made or written."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except OSError as error:
+        raise UserError(f"--cache-dir {cache} (or PDM_BENCH_CACHE): cannot write there ({error.strerror or error}); "
+                        "give a writable folder") from None
+    return cache
+
+
+def check_run(threat: ThreatModel, detector: Detector, data: Dataset) -> None:
+    """Refuse, before any training, a threat model or detector whose options do not fit each other or the data set
+    (e.g. an adaptive budget beyond the pixel range, LID's k beyond its reference points)."""
+    threat.check_detector(detector)
+    threat.check_data(data)
+    detector.check_data(data)
 
 
 def check_results_dir(results_dir: str | Path) -> Path:
     """Refuse, before any work, a results directory that cannot be written or holds a foreign or malformed file."""
     from pdm_bench.results import ResultsStore
 
+    if not str(results_dir).strip():
+        raise UserError("--results-dir is empty: give a folder, e.g. pdm-results")
     path = Path(results_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -218,9 +251,13 @@ def check_results_dir(results_dir: str | Path) -> Path:
     except OSError as error:
         raise UserError(f"--results-dir {path}: cannot write there ({error.strerror or error})") from None
     ResultsStore(path).rows()
+    from pdm_bench.records import read_runs
+
+    read_runs(path)  # a damaged run record fails now, not in the report
     return path
 
 
+@checked
 def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: str | Detector = "kde",
              n_samples: int | None = None, results_dir: str | Path = "pdm-results", geometry: bool = True,
              progress: bool = False, log: Log = print, command: str = "python: pdm_bench.evaluate",
@@ -228,13 +265,17 @@ def evaluate(trained: Trained, *, threat: str | ThreatModel = "gray", detector: 
     """Evaluate ``trained`` under ``threat`` (a name, with ``threat_options``, or a built threat model) against
     ``detector``; the rows are appended to ``results_dir/results.csv`` and this run's rows are returned. Attacks
     already finished in that directory are reused."""
+    from pdm_bench.detectors import Detector, check_view
+    from pdm_bench.threat import ThreatModel
+
+    for name, value, cls in (("threat", threat, ThreatModel), ("detector", detector, Detector)):
+        if not isinstance(value, (str, cls)):
+            raise UserError(f"pdm_bench.evaluate: {name} must be a name or a {cls.__name__}, got {value!r}")
     if threat_options and not isinstance(threat, str):
         raise UserError("give threat options either to the built threat model or as keywords, not both")
     threat_model = make_threat(threat, threat_options) if isinstance(threat, str) else threat
     chosen = make_detector(detector) if isinstance(detector, str) else detector
-    threat_model.check_detector(chosen)
-    from pdm_bench.detectors import check_view
-
+    check_run(threat_model, chosen, trained.data)
     check_view(chosen, trained.network, input_shape=trained.data.input_shape, num_classes=trained.data.num_classes)
     return run_evaluation(trained, threat_model, chosen, check_results_dir(results_dir), n_samples=n_samples,
                           geometry=geometry, progress=progress, log=log, command=command)
@@ -254,6 +295,7 @@ class RunPlan:
     geometry: bool = True
 
 
+@checked
 def plan(*, threat: str | ThreatModel = "gray", detector: str | Detector = "kde", dataset: str = "digits",
          defense: str = "pdm", options: Mapping[str, Any] | None = None, preset: str = "quick", epochs: int | None = None,
          seed: int = 0, data_dir: str | Path | None = None, cache_dir: str | Path | None = None, device: str = "auto",
@@ -270,6 +312,7 @@ def plan(*, threat: str | ThreatModel = "gray", detector: str | Detector = "kde"
     config = resolve_model(dataset=dataset, defense=defense, options=options, preset=preset, epochs=epochs, seed=seed,
                            data_dir=data_dir, cache_dir=cache_dir, device=device)
     sample_indices(config.data, n_samples, config.plan)  # too many images fails now, not after training
+    check_run(threat_model, chosen, config.data)
     check_detector_view(chosen, config)  # a plugin detector's view of the model, before training
     return RunPlan(config, threat_model, chosen, results, n_samples, geometry)
 
@@ -356,6 +399,7 @@ def record(trained: Trained, results_dir: Path, *, geometry: bool, details: dict
                             "model": entry.key, **weights_provenance(entry), **details})
 
 
+@checked
 def report(results_dir: str | Path | Sequence[str | Path] = "pdm-results", *, out: str | Path | None = None) -> list[Path]:
     """The tables (CSV, LaTeX) and report.html from results directories alone (several: one report, e.g. a study per
     data set side by side); the paths written. ``out`` defaults to the first directory's ``report/``."""
@@ -365,6 +409,8 @@ def report(results_dir: str | Path | Sequence[str | Path] = "pdm-results", *, ou
     if not directories:
         raise UserError("expected at least one --results-dir")
     for results in directories:
+        if results.exists() and not results.is_dir():
+            raise UserError(f"Results directory {results} is a file: pass the --results-dir of your runs (a folder)")
         if not results.is_dir():
             raise UserError(f"Results directory {results} does not exist: pass the --results-dir of your runs")
     return write_report(directories, Path(out) if out is not None else directories[0] / "report")

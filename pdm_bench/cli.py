@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from pdm_bench import threads
+from pdm_bench.cli_params import FOLDER, check_environment, slurm_resources
 from pdm_bench.config import DEVICE_CHOICES, MAX_SEED, PRESETS, PresetName
 from pdm_bench.data import DATASET_NAMES
 from pdm_bench.errors import UserError
@@ -59,9 +60,9 @@ def _data_and_training_options(*, dataset_default: str, with_defense: bool) -> l
                      type=click.Choice([p.value for p in PresetName]), help="quick: small ResNet for a CPU; paper: ResNet-56."),
         click.option("--epochs", type=click.IntRange(min=1), default=None, help="Override the preset's epoch count."),
         click.option("--seed", type=click.IntRange(min=0, max=MAX_SEED), default=0, show_default=True),
-        click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_DATA",
+        click.option("--data-dir", type=FOLDER, default=None, envvar="PDM_BENCH_DATA",
                      help="Where mnist/, cifar-10-batches-py/, cifar10-jpeg/ lie [env PDM_BENCH_DATA]."),
-        click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None, envvar="PDM_BENCH_CACHE",
+        click.option("--cache-dir", type=FOLDER, default=None, envvar="PDM_BENCH_CACHE",
                      help="Decoded data and trained models [env PDM_BENCH_CACHE; default ~/.cache/pdm-bench]."),
         click.option("--device", default="auto", show_default=True, help=f"One of {', '.join(DEVICE_CHOICES)}."),
         click.option("--progress/--no-progress", default=None, help="Show a progress bar [default: when stderr is a terminal]."),
@@ -117,7 +118,7 @@ GEOMETRY_OPTION = click.option(
 
 @cli.command(short_help="Train a defense, or reuse its cached model.")
 @model_options
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--results-dir", type=FOLDER, default=None,
               help="Also record the clean accuracy and the embedding geometry in RESULTS_DIR/results.csv (for reports).")
 @GEOMETRY_OPTION
 def train(results_dir: Path | None, geometry: bool, **options: Any) -> None:
@@ -189,7 +190,11 @@ def threat_options(name: str, given: dict[str, Any], pairs: Sequence[str], *, st
         elif strict:
             takes = ", ".join(cls.flags) or "none"
             raise UserError(f"{flag} does not apply to threat model '{name}' (its flags: {takes}; any option with -t NAME=VALUE)")
-    return {**options, **parse_pairs(pairs, flag="--threat-option")}
+    paired = parse_pairs(pairs, flag="--threat-option")
+    for flag, key in cls.flags.items():
+        if key in options and key in paired:
+            raise UserError(f"{flag} {options[key]} and -t {key}={paired[key]} both set {key}; give it once")
+    return {**options, **paired}
 
 
 def detector_choice(detector: str, pairs: Sequence[str], bandwidth: float | None, kde_points: int | None) -> Any:
@@ -201,6 +206,8 @@ def detector_choice(detector: str, pairs: Sequence[str], bandwidth: float | None
         if value is not None:
             if detector != "kde":
                 raise UserError(f"{flag} is an option of the kde detector, not of '{detector}'")
+            if key in options:
+                raise UserError(f"{flag} {value} and --detector-option {key}={options[key]} both set {key}; give it once")
             options[key] = value
     return make_detector(detector, options)
 
@@ -214,7 +221,7 @@ def _apply_flags(command: Callable[..., None]) -> Callable[..., None]:
 @model_options
 @click.option("--n-samples", type=int, default=None,
               help="Test images to attack (paper: 1000) [default: the preset's, quick 200, paper 1000].")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=Path("pdm-results"),
+@click.option("--results-dir", type=FOLDER, default=Path("pdm-results"),
               show_default=True, help="results.csv and cached adversarial examples.")
 @GEOMETRY_OPTION
 @_apply_flags
@@ -242,10 +249,10 @@ def run_command(threat: str, n_samples: int | None, results_dir: Path, geometry:
 
 
 @cli.command(short_help="Tables, figures and report.html from results.")
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), multiple=True,
+@click.option("--results-dir", type=FOLDER, multiple=True,
               help="Where `run` / `paper` wrote results.csv [default: pdm-results]; repeat it to put several studies "
                    "(e.g. MNIST and CIFAR-10) in one report.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--out", type=FOLDER, default=None,
               help="Output folder [default: the first RESULTS_DIR/report].")
 def report(results_dir: tuple[Path, ...], out: Path | None) -> None:
     """Write the paper's Tables 1-4 (CSV, LaTeX) and report.html with its figures, from recorded results only."""
@@ -261,9 +268,9 @@ STUDY_TRAIN_ONLY = "siamese_rvl"  # the paper's Table 1 only
 
 @cli.command(short_help="The whole study: train, attack, report.")
 @study_options
-@click.option("--results-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("--results-dir", type=FOLDER, default=None,
               help="[default: pdm-results/DATASET-PRESET]")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None, help="Report folder [default: RESULTS_DIR/report].")
+@click.option("--out", type=FOLDER, default=None, help="Report folder [default: RESULTS_DIR/report].")
 @click.option("--threats", default="gray,white,black", show_default=True, help="Comma-separated threat models (plugins too).")
 @click.option("--n-samples", type=int, default=None, help="Test images attacked [default: the preset's].")
 @click.option("--defenses", default=STUDY_ATTACKED, show_default=True,
@@ -324,25 +331,6 @@ def paper(dataset: str, preset: str, seed: int, epochs: int | None, data_dir: Pa
                   progress=_progress(progress), log=click.echo, executor=executor, slurm=slurm)
     for path in study.run(jobs=jobs, out=out):
         click.echo(f"wrote {path}")
-
-
-SLURM_FLAGS = {"partition": "--slurm-partition", "gpus_per_job": "--slurm-gpus-per-job", "cpus_per_job": "--slurm-cpus-per-job",
-               "mem_gb": "--slurm-mem", "time_min": "--slurm-time", "max_parallel": "--max-parallel"}
-
-
-def slurm_resources(executor: str, jobs: int, **given: Any) -> Any:
-    """The Slurm resources from the ``--slurm-*`` flags given (the others at their defaults); those flags and
-    ``--jobs`` belong to one executor each."""
-    chosen = {name: value for name, value in given.items() if value is not None}
-    if executor != "slurm":
-        if chosen:
-            raise UserError(f"{', '.join(SLURM_FLAGS[n] for n in chosen)} applies to --executor slurm only")
-        return None
-    if jobs != 1:
-        raise UserError("--jobs runs steps here (--executor local); with --executor slurm use --max-parallel")
-    from pdm_bench.executors import SlurmResources
-
-    return SlurmResources(**chosen)
 
 
 def _names(text: str) -> list[str]:
@@ -436,6 +424,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         args = list(argv) if argv is not None else sys.argv[1:]
         if not args:  # the bare command: its help, not an error
             args = ["--help"]
+        check_environment()
         cli.main(args=args, prog_name="pdm-bench", standalone_mode=False, obj={"argv": args})
     except UserError as error:
         click.echo(f"Error: {error}", err=True)

@@ -190,10 +190,12 @@ def config_key(payload: dict[str, Any]) -> str:
 
 def resolve_cache_dir(cache_dir: str | Path | None) -> Path:
     """Explicit value, else ``$PDM_BENCH_CACHE``, else ``~/.cache/pdm-bench``."""
+    from pdm_bench.arguments import expand_path
+
     if cache_dir is not None:
-        return Path(cache_dir).expanduser()
+        return expand_path(cache_dir, "--cache-dir")
     env = os.environ.get(CACHE_ENV)
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pdm-bench"
+    return expand_path(env, CACHE_ENV) if env else expand_path("~/.cache/pdm-bench", "The default cache folder")
 
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pdm_bench.arguments import expand_path
 from pdm_bench.data_files import DATA_ENV_VAR, LAYOUTS, Source, cifar10_source, folder_source, mnist_source
 from pdm_bench.errors import UserError, unknown_name_error
 
@@ -56,7 +57,7 @@ class Dataset:
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
     """The explicit ``data_dir``, else ``$PDM_BENCH_DATA``, else None."""
     value = data_dir if data_dir not in (None, "") else os.environ.get(DATA_ENV_VAR) or None
-    return None if value is None else Path(os.path.abspath(Path(value).expanduser()))
+    return None if value is None else Path(os.path.abspath(expand_path(value, f"--data-dir (or {DATA_ENV_VAR})")))
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
@@ -76,7 +77,7 @@ def load_dataset(name: str, *, data_dir: str | Path | None = None, cache_dir: st
         if not raw_path:
             raise UserError("Dataset 'folder:' needs a path: folder:/path/to/images "
                             "(holding train/<class>/ and test/<class>/)")
-        root = Path(os.path.abspath(Path(raw_path).expanduser()))
+        root = Path(os.path.abspath(expand_path(raw_path, "Dataset folder:")))
         name = f"folder:{root}"
         source = folder_source(name, root)
     elif name in DATASET_NAMES:
@@ -128,7 +129,7 @@ def _cache_stem(cache_dir: str | Path, name: str, source: Source) -> tuple[Path,
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_.")
     if safe != name or len(safe) > 40:
         safe = f"{safe[-40:]}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-    return Path(cache_dir).expanduser() / "data" / f"{safe}-{digest.hexdigest()[:16]}", safe
+    return expand_path(cache_dir, "--cache-dir") / "data" / f"{safe}-{digest.hexdigest()[:16]}", safe
 
 
 def _load_cached(name: str, source: Source, cache_dir: str | Path | None) -> Dataset:

@@ -220,16 +220,33 @@ def folder_source(name: str, root: Path, hint: str = "") -> Source:
     return Source(tuple(stamps), decode)
 
 
+WIDE_GRAY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit grayscale (a 16-bit PNG opens as I;16 or I)
+
+
 def _decode_image(path: str) -> np.ndarray:
-    """HWC (or HW for mode L) uint8 pixels; corrupt or truncated files raise UserError."""
+    """HWC (or HW for grayscale) uint8 pixels; 16-bit grayscale is scaled to 8 bits (Pillow's RGB conversion would
+    clip it to white). Corrupt or truncated files, and modes with no [0, 255] reading, raise UserError."""
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in WIDE_GRAY_MODES:
+                return _gray16_to_uint8(path, np.asarray(img))
+            if img.mode in ("F", "I;32", "I;32B", "I;32L"):
+                raise UserError(f"Image {path} has {img.mode} pixels (float or 32-bit): no fixed range to read as "
+                                "0-255; save it as 8-bit or 16-bit grayscale, or 8-bit RGB")
             arr = np.asarray(img if img.mode in ("L", "RGB") else img.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
         msg = " ".join(str(exc).split())
         raise UserError(f"Corrupt image file {path}: {msg}") from None
     return arr
+
+
+def _gray16_to_uint8(path: str, pixels: np.ndarray) -> np.ndarray:
+    """16-bit grayscale (0-65535) to 0-255, rounded."""
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise UserError(f"Image {path} has 32-bit pixels outside 0-65535 ({pixels.min()}..{pixels.max()}); save it "
+                        "as 8-bit or 16-bit grayscale")
+    return np.rint(pixels.astype(np.float64) * (255 / 65535)).astype(np.uint8)
 
 
 def _decode_images(paths: Sequence[str]) -> np.ndarray:

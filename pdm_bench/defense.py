@@ -8,6 +8,8 @@ with ``--defense-option NAME=VALUE`` and part of the cached model's key.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
@@ -95,11 +97,19 @@ class Defense(ABC):
 
 
 def check_non_negative(owner: object, *names: str) -> None:
-    """Raise ``ValueError`` naming the first negative option."""
+    """Raise ``ValueError`` naming the first option that is negative, infinite or NaN."""
     for name in names:
         value = getattr(owner, name)
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0, got {value}")
+        if not 0 <= value < math.inf:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+
+
+def check_loss_weights(owner: object, *names: str) -> None:
+    """Loss weights: each finite and >= 0, and not all 0 (a loss of 0 trains nothing)."""
+    check_non_negative(owner, *names)
+    if all(getattr(owner, name) == 0 for name in names):
+        raise ValueError(f"{', '.join(names)} are all 0: the loss would be 0 and train nothing; give one a positive "
+                         "weight")
 
 
 def terms_total(terms: torch.Tensor | LossTerms) -> tuple[torch.Tensor, dict[str, float]]:

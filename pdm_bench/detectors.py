@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from pdm_bench.data import Dataset
     from pdm_bench.kde import GaussianKDE
 
+MIN_BANDWIDTH = 1e-150  # a fixed KDE bandwidth's square under- or overflows outside [1e-150, 1e150]
 Scored = tuple[torch.Tensor, torch.Tensor]  # (embeddings or a view's features (N, D), predicted class (N,))
 
 
@@ -103,6 +104,14 @@ class Detector(ABC):
         """One line for the CLI after fitting."""
         return f"Detector: {self.name}"
 
+    def check_data(self, data: Dataset) -> None:
+        """Refuse, before any training, options that do not fit the data set (default: none checked)."""
+
+    def reference_count(self, data: Dataset) -> int:
+        """How many reference embeddings ``fit`` gets on ``data`` (``reference_points`` per class at most)."""
+        counts = np.bincount(data.y_train, minlength=data.num_classes)
+        return int(np.minimum(counts, self.reference_points).sum())
+
 
 @dataclass(kw_only=True)
 class KDEDetector(Detector):
@@ -122,6 +131,9 @@ class KDEDetector(Detector):
             raise ValueError(f"points_per_class must be a positive integer, got {self.points_per_class!r}")
         if self.bandwidth is not None and not (0 < self.bandwidth < float("inf")):
             raise ValueError(f"bandwidth must be a positive finite number, got {self.bandwidth}")
+        if self.bandwidth is not None and not (MIN_BANDWIDTH <= self.bandwidth <= 1 / MIN_BANDWIDTH):
+            raise ValueError(f"bandwidth must be between {MIN_BANDWIDTH:g} and {1 / MIN_BANDWIDTH:g} (its square "
+                             f"must stay a finite positive float), got {self.bandwidth}")
         self.kde: GaussianKDE | None = None
 
     @property

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from abc import abstractmethod
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from collections.abc import Callable
 
 import torch
@@ -27,6 +27,9 @@ from pdm_bench.detectors import Detector, Scored
 from pdm_bench.errors import UserError
 from pdm_bench.features import Adjust, LayerFeatures, parse_layers, split_layers
 from pdm_bench.logistic_head import LogisticHead
+
+if TYPE_CHECKING:
+    from pdm_bench.data import Dataset
 
 # Options added after run ids existed: left out of the id at their defaults, so the embedding-only ids stay the same
 _ADDED_OPTIONS = ("layers", "head_attack", "head_images", "input_noise")
@@ -248,6 +251,12 @@ class LIDDetector(LayeredDetector):
 
     def unfit(self) -> None:
         self.references = []
+
+    def check_data(self, data: Dataset) -> None:
+        if (count := self.reference_count(data)) <= self.k:
+            raise UserError(f"Detector 'lid': k={self.k} neighbours need more than the {count} reference embeddings "
+                            f"it gets on {data.name} (points_per_class={self.points_per_class}); lower k "
+                            f"(--detector-option k=N) or raise points_per_class")
 
     @property
     def reference_points(self) -> int:

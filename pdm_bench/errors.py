@@ -28,3 +28,8 @@ def unknown_name_error(kind: str, name: str, choices: Iterable[str]) -> UserErro
     close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
     hint = f" Did you mean: {close[0]}?" if close else ""
     return UserError(f"Unknown {kind} '{name}'.{hint} Available: {', '.join(available)}")
+
+
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__

@@ -10,7 +10,7 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
-from pdm_bench.errors import UserError, unknown_name_error
+from pdm_bench.errors import UserError, one_line, unknown_name_error
 
 T = TypeVar("T")
 
@@ -43,8 +43,14 @@ def build_options(cls: type[T], values: Mapping[str, Any], *, owner: str) -> T:
         converted[key] = parse_value(owner, key, value, hints[key]) if isinstance(value, str) else value
     try:
         return cls(**converted)
+    except UserError:
+        raise
     except (TypeError, ValueError) as error:
-        raise UserError(f"Bad options for {owner}: {error}") from None
+        raise UserError(f"Bad options for {owner}: {one_line(error)}") from None
+    except Exception as error:  # a plugin's option class may fail in any way: still one line naming it
+        raise UserError(f"Bad options for {owner}: its options class {cls.__qualname__} raised "
+                        f"{type(error).__name__}: {one_line(error)}") from None
+
 
 
 def parse_value(owner: str, key: str, text: str, hint: Any) -> Any:

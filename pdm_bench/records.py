@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from pdm_bench.data import Dataset
+from pdm_bench.errors import UserError, one_line
 from pdm_bench.results import Metric, ResultRow, ResultsStore, Threat, now
 from pdm_bench.storage import atomic_write_text
 from pdm_bench.training import TrainedModel
@@ -164,12 +165,18 @@ def record_run(store: ResultsStore, run_id: str, *, command: str, device: torch.
 
 
 def read_runs(directory: Path) -> dict[str, dict[str, Any]]:
+    """Every run record of a results directory; one that is not a JSON object is a one-line :class:`UserError` (each
+    is written atomically, so it was edited or damaged since: a report must not silently drop its provenance)."""
     runs = {}
     for path in sorted((directory / "runs").glob("*.json")):
         try:
             payload = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if isinstance(payload, dict):
-            runs[path.stem] = payload
+        except (OSError, ValueError) as error:
+            reason = getattr(error, "strerror", None) or one_line(error)
+            raise UserError(f"Malformed run record {path}: {reason}; fix or move it (rerunning the same command "
+                            "writes it again)") from None
+        if not isinstance(payload, dict):
+            raise UserError(f"Malformed run record {path}: expected a JSON object, got {type(payload).__name__}; fix "
+                            "or move it (rerunning the same command writes it again)")
+        runs[path.stem] = payload
     return runs

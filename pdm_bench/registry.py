@@ -141,7 +141,8 @@ class Registry(Generic[T]):
             try:
                 loaded = entry.loader()
                 entry.value = self._check(entry.name, loaded) if self._check else loaded
-            except Exception as error:  # a plugin may fail in any way; report it, keep the others usable
+            except (Exception, SystemExit) as error:  # a plugin may fail in any way, even sys.exit(): report it,
+                # keep the others usable
                 entry.error = f"{type(error).__name__}: {error}".strip().splitlines()[0]
         return entry
 

@@ -10,8 +10,10 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pdm_bench.api import Log, Trained, make_detector, make_threat, report, run_evaluation, train
-from pdm_bench.config import MAX_SEED, config_key
+from pdm_bench.api import Log, Trained, check_cache_dir, check_run, make_detector, make_threat, report, run_evaluation, train
+from pdm_bench.arguments import check_fields, checked
+from pdm_bench.config import MAX_SEED, config_key, get_preset, resolve_cache_dir, resolve_device
+from pdm_bench.data import load_dataset, resolve_data_dir
 from pdm_bench.errors import UserError
 from pdm_bench.executors import ExecutorName, SlurmResources, import_submitit
 from pdm_bench.registry import defense_registry
@@ -48,7 +50,27 @@ class Study:
     slurm: Any = None  # pdm_bench.executors.SlurmResources (None: its defaults)
 
     def __post_init__(self) -> None:
-        """Check every name and option now, before any training."""
+        """Check every name and option now, before any training (a single string names one or several,
+        comma-separated, as on the CLI)."""
+        for name in ("defenses", "train_only", "threats"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, [part.strip() for part in getattr(self, name).split(",") if part.strip()])
+        if isinstance(self.seeds, int) and not isinstance(self.seeds, bool):
+            self.seeds = [self.seeds]
+        check_fields(self)
+        self._check_names()
+        if self.executor not in {e.value for e in ExecutorName}:
+            raise UserError(f"--executor must be local or slurm, got '{self.executor}'")
+        if self.executor == ExecutorName.SLURM.value:
+            import_submitit()  # a missing extra fails now, before any work
+            self.slurm = self.slurm if self.slurm is not None else SlurmResources()
+        if self.results_dir is None:
+            self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
+        elif not str(self.results_dir).strip():
+            raise UserError("--results-dir is empty: give a folder, e.g. pdm-results/mnist-quick")
+
+    def _check_names(self) -> None:
+        """Defenses, threat models, seeds, preset, device and detectors: registered names and valid values."""
         if not self.defenses:
             raise UserError("a study needs at least one defense to evaluate (--defenses), got none")
         check_defenses("--defenses", self.defenses)
@@ -60,14 +82,13 @@ class Study:
         self.seeds = check_seeds(self.seeds)
         if self.n_samples is not None and self.n_samples <= 0:
             raise UserError(f"--n-samples must be a positive number of test images, got {self.n_samples}")
+        if self.epochs is not None and self.epochs < 0:
+            raise UserError(f"--epochs must be a non-negative integer, got {self.epochs}")
+        get_preset(self.preset)
+        resolve_device(self.device)
         if unknown := sorted(set(self.threat_options) - set(self.threats)):
             raise UserError(f"threat options for {', '.join(unknown)}, which the study does not run")
         self.threat_models = {t: make_threat(t, self.threat_options.get(t)) for t in self.threats}
-        if self.executor not in {e.value for e in ExecutorName}:
-            raise UserError(f"--executor must be local or slurm, got '{self.executor}'")
-        if self.executor == ExecutorName.SLURM.value:
-            import_submitit()  # a missing extra fails now, before any work
-            self.slurm = self.slurm if self.slurm is not None else SlurmResources()
         self.detectors = [name.strip() for name in self.detector.split(",") if name.strip()]
         if not self.detectors or len(set(self.detectors)) != len(self.detectors):
             raise UserError(f"--detectors must name distinct detectors, got '{self.detector}'")
@@ -75,8 +96,19 @@ class Study:
             chosen = make_detector(name)
             for threat_model in self.threat_models.values():
                 threat_model.check_detector(chosen)
-        if self.results_dir is None:
-            self.results_dir = Path("pdm-results") / f"{self.dataset.replace('/', '_').replace(':', '_')}-{self.preset}"
+
+    def check_data(self) -> None:
+        """The data set (loaded: decoded once, cached), and every threat model and detector against it (``run`` does
+        this first, before any step)."""
+        cache = check_cache_dir(resolve_cache_dir(self.cache_dir))
+        data = load_dataset(self.dataset, data_dir=resolve_data_dir(self.data_dir), cache_dir=cache)
+        if self.n_samples is not None and self.n_samples > len(data.y_test):
+            raise UserError(f"--n-samples must be between 1 and the test set's size {len(data.y_test)} ({data.name}), "
+                            f"got {self.n_samples}")
+        for name in self.detectors:
+            chosen = make_detector(name)
+            for threat_model in self.threat_models.values():
+                check_run(threat_model, chosen, data)
 
     def steps(self) -> tuple[list[Any], list[Any]]:
         """The trainings (every defense, per seed), then the evaluations (threat x defense, per seed). Each step is
@@ -134,8 +166,12 @@ class Study:
     def _spec_dir(self) -> Path:
         return study_log_dir(Path(self.results_dir)) / "steps"  # type: ignore[arg-type]
 
+    @checked
     def run(self, *, jobs: int = 1, out: str | Path | None = None) -> list[Path]:
         """Run every step not yet finished (``jobs`` at a time as subprocesses), then write the report."""
+        if jobs < 1:
+            raise UserError(f"pdm_bench.Study.run: jobs must be a positive number of steps run at once, got {jobs}")
+        self.check_data()
         results_dir = Path(self.results_dir)  # type: ignore[arg-type]
         log_dir = study_log_dir(results_dir)
         trainings, evaluations = self.steps()

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from pdm_bench.checklist import Check
+    from pdm_bench.data import Dataset
     from pdm_bench.detectors import Detector
     from pdm_bench.evaluation import Evaluation
     from pdm_bench.figures import Figure
@@ -78,6 +79,9 @@ class ThreatModel(ABC):
             raise UserError(f"Threat model '{self.name}' cannot train detector '{detector.name}' on "
                             f"head_attack={detector.head_attack}; leave head_attack unset, or use gray, white, black "
                             "or adaptive")
+
+    def check_data(self, data: Dataset) -> None:
+        """Refuse, before any training, options that do not fit the data set (default: none checked)."""
 
     def fit_detector_head(self, evaluation: Evaluation) -> None:
         """Train the detector's second stage on its ``head_attack``'s examples (the built-in threat models share

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -103,10 +104,7 @@ def _train_or_load(entry: ModelEntry, *, dataset: Dataset, defense: Defense, pla
         raise UserError(f"Checkpoint directory {run_dir} holds a model of another config; remove it or use another --cache-dir")
     model = _new_model(defense, plan, dataset, device)
     if meta is not None and meta.get("finished") and entry.weights_path.exists():
-        try:
-            _load_state(model, entry.weights_path, "weights", device)
-        except CorruptFile as error:
-            raise UserError(f"Trained model {error}: remove {run_dir} and rerun the same command to train it again") from None
+        _load_reused(model, entry, meta, dataset, device)
         log(f"Reusing cached model {run_dir.name} (trained {meta['finished']})")
         return TrainedModel(model, defense, plan, key, run_dir, meta["test_accuracy"], True, meta["history"])
 
@@ -249,10 +247,54 @@ def _load_state(model: nn.Module, path: Path, field: str, device: torch.device) 
     return state
 
 
+FINISHED_KEYS = {"finished": str, "test_accuracy": float, "history": list}  # what a reused model's meta.json holds
+PROBE_IMAGES = 256  # test images a reused model is checked on
+PROBE_TOLERANCE = 0.25  # how far their accuracy may lie from the recorded one (sampling noise is ~0.03)
+
+
 def _read_meta(entry: ModelEntry) -> dict[str, Any] | None:
     if not entry.meta_path.exists():
         return None
     meta = entry.meta()
-    if meta is None:
+    if not isinstance(meta, dict):
         raise UserError(f"Corrupt model metadata {entry.meta_path}; remove {entry.run_dir} to retrain")
+    if meta.get("finished"):
+        for key, kind in FINISHED_KEYS.items():
+            value = meta.get(key)
+            if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
+                raise UserError(f"Corrupt model metadata {entry.meta_path}: '{key}' is missing or not a "
+                                f"{kind.__name__}; remove {entry.run_dir} to retrain")
     return meta
+
+
+def _load_reused(model: nn.Module, entry: ModelEntry, meta: dict[str, Any], dataset: Dataset,
+                 device: torch.device) -> None:
+    """The finished model's weights loaded into ``model`` and checked (:func:`check_reused`)."""
+    try:
+        _load_state(model, entry.weights_path, "weights", device)
+    except CorruptFile as error:
+        raise UserError(f"Trained model {error}: remove {entry.run_dir} and rerun the same command to train it "
+                        "again") from None
+    check_reused(model, entry, meta, dataset, device)
+
+
+def check_reused(model: nn.Module, entry: ModelEntry, meta: dict[str, Any], dataset: Dataset,
+                 device: torch.device) -> None:
+    """A cached model is reused only with finite weights and an accuracy on a fixed probe of test images that agrees
+    with the one recorded in its meta.json (else its files were damaged or swapped): one line naming the file."""
+    advice = f"delete {entry.run_dir} and rerun the same command to train it again"
+    bad = [name for name, tensor in model.state_dict().items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise UserError(f"Cached model {entry.weights_path} has non-finite weights ({bad[0]}"
+                        f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}): {advice}")
+    recorded = float(meta["test_accuracy"])
+    if not 0.0 <= recorded <= 1.0:
+        raise UserError(f"Corrupt model metadata {entry.meta_path}: test_accuracy {recorded} is not in [0, 1]; {advice}")
+    step = max(1, len(dataset.y_test) // PROBE_IMAGES)
+    x, y = dataset.x_test[::step][:PROBE_IMAGES], dataset.y_test[::step][:PROBE_IMAGES]
+    training = model.training
+    probe = evaluate_accuracy(model, torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), device=device)
+    model.train(training)  # returned as it was loaded
+    if abs(probe - recorded) > PROBE_TOLERANCE:
+        raise UserError(f"Cached model {entry.weights_path} scores {100 * probe:.1f}% on {len(y)} probe test images but "
+                        f"its meta.json records {100 * recorded:.2f}%: the files do not belong together; {advice}")

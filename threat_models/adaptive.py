@@ -22,6 +22,7 @@ import numpy as np
 from pdm_bench.art_adapter import to_art_classifier
 from pdm_bench.checklist import Check, Lookup, Measured, falls, fmt, no_higher
 from pdm_bench.config import dataset_family
+from pdm_bench.data import Dataset
 from pdm_bench.errors import UserError
 from pdm_bench.evaluation import Evaluation
 from pdm_bench.metrics import FPR_LEVELS, distortions, kept_pairs, success_rate, valid_images
@@ -79,6 +80,8 @@ class AdaptiveParams(ThreatParams):
         for text, name in ((self.eps, "--eps"), (self.weights, "weights")):
             if text is not None:
                 _positive_list(text, name)
+        if self.norm == "linf" and self.eps is not None and max(_positive_list(self.eps, "--eps")) > 1:
+            raise ValueError(f"--eps with --norm linf must be at most 1 (pixels are in [0, 1]), got '{self.eps}'")
         for name, lowest in (("iterations", 1), ("restarts", 1), ("square_iterations", 0), ("batch_size", 1),
                              ("max_doublings", 1)):
             if getattr(self, name) < lowest:
@@ -128,6 +131,14 @@ class Adaptive(TrainsDetectorHeads):
 
     def evaluate(self, evaluation: Evaluation) -> list[ResultRow]:
         return run_adaptive(evaluation, self.params)
+
+    def check_data(self, data: Dataset) -> None:
+        """An l2 budget beyond the distance between an all-black and an all-white image, sqrt(C*H*W), is no bound."""
+        largest = math.sqrt(math.prod(data.input_shape))
+        if self.params.norm == "l2" and (too := [e for e in self.params.budgets(data.name) if e > largest]):
+            raise UserError(f"Bad options for threat model 'adaptive': --eps with --norm l2 must be at most "
+                            f"sqrt({'x'.join(map(str, data.input_shape))}) = {largest:.4g} on {data.name} (pixels are "
+                            f"in [0, 1]), got {','.join(f'{e:g}' for e in too)}")
 
     def summary(self, rows: list[ResultRow]) -> str:
         get = value_getter(rows)

@@ -67,6 +67,7 @@ class Table:
     cells: dict[tuple[str, tuple[str, str]], Cell]
     digits: int = 3
     scale: float = 1.0
+    threat: str = ""  # the threat model whose rows fill it (named by an empty table: the command to run)
 
     def cell(self, row: str, column: tuple[str, str]) -> Cell:
         return self.cells.get((row, column), Cell(None))
@@ -220,7 +221,7 @@ def per_dataset_table(index: RowIndex, *, key: str, title: str, threat: str, att
                 cell = replace(cell, flag=flag)
             cells[(block_name(dataset, preset), ("", defense))] = cell
     table = Table(key, title, "dataset", [block_name(d, p) for d, p in blocks], [("", f) for f in defenses], cells,
-                  digits=4 if metric == "distortion" else 3)
+                  digits=4 if metric == "distortion" else 3, threat=threat)
     mark_best(table)
     return table
 
@@ -243,7 +244,7 @@ def attack_table(index: RowIndex, *, key: str, title: str, threat: str, order: I
         for attack in attacks:
             cells[(attack, (block, defense))] = index.cell(dataset, preset, defense, threat, attack, metric,
                                                            interval=interval, notes=noted(attack))
-    table = Table(key, title, "attack", attacks, columns, cells)
+    table = Table(key, title, "attack", attacks, columns, cells, threat=threat)
     mark_best(table)
     return table
 

@@ -153,7 +153,8 @@ def html_table(table: Table, index: RowIndex) -> dict[str, Any]:
     return {"key": table.key, "title": table.title, "row_label": table.row_label,
             "groups": groups if any(g["name"] for g in groups) else [],
             "columns": [d for _, d in table.columns], "rows": body,
-            "csv": f"{table.key}.csv", "empty": not table.rows or not table.columns}
+            "csv": f"{table.key}.csv", "empty": not table.rows or not table.columns, "threat": table.threat,
+            "unmeasured": all(cell.value is None for cell in table.cells.values())}
 
 
 def _short(name: str, value: float) -> str:

@@ -32,10 +32,24 @@ def _claims(index: RowIndex, directories: list[Path]) -> str:
     return claims_markdown(all_claims(index, directories))
 
 
+def _headline(index: RowIndex, directories: list[Path]) -> str:
+    claims = all_claims(index, directories)
+    parts = []
+    for block in dict.fromkeys(c.block for c in claims):
+        verdicts = [c.verdict.split(" (")[0] for c in claims if c.block == block]
+        parts.append(f"{block}: {verdicts.count('holds')} hold, {verdicts.count('does not hold')} do not, "
+                     f"{verdicts.count('inconclusive')} inconclusive")
+    return (f"**Headline** (quick preset, one seed, the paper's claims judged from the committed rows): "
+            f"{'; '.join(parts)}. See the claims table in [docs/RESULTS.md](docs/RESULTS.md).")
+
+
 BLOCKS = (
     DocBlock("docs/RESULTS.md", "claims:quick",
              ("docs/runs/mnist-quick", "docs/runs/mnist-adaptive", "docs/runs/cifar10-quick",
               "docs/runs/cifar10-transfer", "docs/runs/cifar10-adaptive"), _claims),
+    DocBlock("README.md", "headline:quick",
+             ("docs/runs/mnist-quick", "docs/runs/mnist-adaptive", "docs/runs/cifar10-quick",
+              "docs/runs/cifar10-transfer", "docs/runs/cifar10-adaptive"), _headline),
 )
 
 

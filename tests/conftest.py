@@ -1,7 +1,8 @@
-"""Shared fixtures: where the shared data lies, and a CLI runner that captures one invocation."""
+"""Shared fixtures: where the shared data lies, a CLI runner that captures one invocation, headless Chromium."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -12,6 +13,21 @@ import pytest
 from pdm_bench.cli import run
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync")
+
+
+@pytest.fixture
+def chromium(tmp_path: Path) -> list[str]:
+    """Debian's headless Chromium as a command line (its flags and a fresh profile), for the tests that render a
+    page in it (the report, the documentation site). Without it they skip, or fail where PDM_BENCH_REQUIRE_BROWSER
+    is set (.ci/run sets it once it has installed chromium)."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("PDM_BENCH_REQUIRE_BROWSER"):
+            pytest.fail("chromium is not installed, and PDM_BENCH_REQUIRE_BROWSER is set (.ci/run installs it)")
+        pytest.skip("Debian's chromium is not installed (.ci/run installs it)")
+    return [browser, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]
 
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -119,8 +119,11 @@ class Study:
 
         def step(text: str, action: dict[str, Any], rank: int = 100) -> Step:
             data = self.step_data(action)
-            return Step(text, ("step", "--spec", str(write_step_spec(self._spec_dir(), data))),
-                        lambda: run_step_data(data, log=self.log), rank=rank)
+            path = step_spec_path(self._spec_dir(), data)  # written by run(), before any step starts
+            self._specs[path] = data
+            return Step(text, ("step", "--spec", str(path)), lambda: run_step_data(data, log=self.log), rank=rank)
+
+        self._specs: dict[Path, dict[str, Any]] = {}
 
         trainings = [step(title(f"train {d}", s), {"kind": "train", "defense": d, "seed": s})
                      for s in self.seeds for d in [*self.defenses, *self.train_only]]
@@ -135,22 +138,18 @@ class Study:
         """The study's settings as JSON-able data (``Study.from_data`` gives it back; not the log function)."""
         data: dict[str, Any] = {}
         for option in fields(self):
-            if option.name in ("log", "slurm"):
+            if option.name in ("log", "slurm", "executor"):  # how the steps run, not what they do
                 continue
             value = getattr(self, option.name)
             data[option.name] = str(value) if isinstance(value, Path) else \
                 list(value) if isinstance(value, tuple) else value
         data["threat_options"] = {t: dict(o) for t, o in self.threat_options.items()}
-        data["slurm"] = None if self.slurm is None else asdict(self.slurm)
         return data
 
     @classmethod
     def from_data(cls, data: Mapping[str, Any], *, log: Log = print) -> Study:
         """The study of :meth:`to_data`'s ``data``, checked again as any study is."""
-        settings = dict(data)
-        if settings.get("slurm") is not None:
-            settings["slurm"] = SlurmResources(**settings["slurm"])
-        return cls(**settings, log=log)
+        return cls(**dict(data), log=log)
 
     def step_data(self, action: Mapping[str, Any]) -> dict[str, Any]:
         """One step as data: the study's settings and what to do (train, or evaluate under a threat model)."""
@@ -175,6 +174,8 @@ class Study:
         results_dir = Path(self.results_dir)  # type: ignore[arg-type]
         log_dir = study_log_dir(results_dir)
         trainings, evaluations = self.steps()
+        for data in self._specs.values():
+            write_step_spec(self._spec_dir(), data)
         started = time.perf_counter()
         if self.executor == ExecutorName.SLURM.value:
             from pdm_bench.executors import run_jobs
@@ -210,10 +211,15 @@ class Study:
                        command="python: pdm_bench.Study")
 
 
+def step_spec_path(directory: Path, data: Mapping[str, Any]) -> Path:
+    """Where a step's data is kept: ``DIRECTORY/<key>.json``, named by its content (a changed step is a new file)."""
+    return directory / f"{config_key(dict(data))}.json"
+
+
 def write_step_spec(directory: Path, data: Mapping[str, Any]) -> Path:
-    """``data`` as ``DIRECTORY/<key>.json`` (named by its content, so a changed step is a new file); its path."""
+    """``data`` as its :func:`step_spec_path`; the path."""
     text = json.dumps(data, sort_keys=True, indent=1)
-    path = directory / f"{config_key(dict(data))}.json"
+    path = step_spec_path(directory, data)
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)
     return path

@@ -100,32 +100,24 @@ def test_truncated_mnist_file_is_named_in_one_line(cli: Callable[..., CliResult]
     assert "t10k-images-idx3-ubyte.gz" in result.err and "Traceback" not in result.err
 
 
-def test_study_steps_become_the_command_lines_that_give_the_same_parameters(tmp_path: Path) -> None:
-    from pdm_bench.api import make_threat
+def test_study_steps_are_data_that_give_the_same_parameters(tmp_path: Path) -> None:
     from pdm_bench.study import Study
-    from pdm_bench.cli import run_command, threat_options, train
     from pdm_bench.steps import Step
 
-    # A study's steps carry their command lines (``Step.argv``); a defense's options and --no-geometry are not study
-    # parameters, so they are not among those checked here.
-    params = {"threat": "white", "defense": "rce", "results_dir": tmp_path, "n_samples": 12, "dataset": "digits",
-              "seed": 3, "epochs": None, "progress": False}
+    # A study's steps are data (``pdm-bench step --spec FILE``): the study rebuilt from a step's data has the same
+    # threat options, N, seed and results folder.
     white = {"max_iter": 60, "threshold": "clean"}  # the old wb_max_iter / wb_threshold, now white-box options
     study = Study(dataset="digits", defenses=["rce"], train_only=[], threats=["white"], seeds=[3], n_samples=12,
                   threat_options={"white": white}, results_dir=tmp_path, progress=False)
     _, (step,) = study.steps()
-    argv = list(step.argv)
-    assert argv[0] == "run" and "--no-progress" in argv and "--epochs" not in argv
-    parsed = run_command.make_context("run", argv[1:]).params
-    for name, value in params.items():
-        expected = {"results_dir": tmp_path, "epochs": None}.get(name, value)
-        assert parsed[name] == expected, name
-    options = threat_options("white", {}, parsed["threat_option_pairs"], strict=True)
-    assert make_threat("white", options).params == study.threat_models["white"].params
-    assert (study.threat_models["white"].params.max_iter, study.threat_models["white"].params.threshold) == (60, "clean")
-    (training,) = Study(dataset="digits", defenses=["pdm"], train_only=[], threats=["gray"], progress=True).steps()[0]
-    assert list(training.argv[:3]) == ["train", "--defense", "pdm"] and "--progress" in training.argv
-    assert train.make_context("train", list(training.argv[1:])).params["progress"] is True
+    assert step.argv[:2] == ("step", "--spec")
+    data = study._specs[Path(step.argv[2])]
+    assert data["step"] == {"kind": "evaluate", "threat": "white", "defense": "rce", "seed": 3, "detector": "kde"}
+    again = Study.from_data(data["study"])
+    assert again.threat_models["white"].params == study.threat_models["white"].params
+    assert (again.threat_models["white"].params.max_iter, again.threat_models["white"].params.threshold) == (60, "clean")
+    assert (again.n_samples, Path(again.results_dir), again.progress) == (12, tmp_path, False)
+    assert not (tmp_path / "logs").exists()  # steps() writes nothing; run() writes the step files
     assert Step("gray box, pdm", ("run",), lambda: None).slug == "gray-box-pdm"
 
 

@@ -52,7 +52,9 @@ def test_bad_resources_are_refused(settings: dict[str, Any], message: str) -> No
 def test_the_resources_become_submitits_parameters() -> None:
     resources = SlurmResources(partition="gpu", gpus_per_job=2, cpus_per_job=8, mem_gb=32, time_min=90)
     assert resources.parameters("slurm") == {"timeout_min": 90, "mem_gb": 32, "cpus_per_task": 8, "gpus_per_node": 2,
-                                             "slurm_partition": "gpu"}
+                                             "slurm_partition": "gpu", "slurm_signal_delay_s": 90}
+    assert SlurmResources(time_min=1).parameters("slurm")["slurm_signal_delay_s"] == 15  # a requeue before a 1-min limit
+    assert "slurm_signal_delay_s" not in resources.parameters("local")
     assert "gpus_per_node" not in CPU_ONLY.parameters("slurm") and "slurm_partition" not in resources.parameters("local")
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pdm_bench.cli import run
 from pdm_bench.errors import UserError
-from pdm_bench.study import Study, read_step_spec, run_step_data
+from pdm_bench.study import Study, run_step_data
 
 TINY = ["paper", "--dataset", "digits", "--epochs", "1", "--defenses", "baseline,pdm", "--train-only", "",
         "--threats", "gray", "--attacks", "fgsm-0.1,cw", "--no-resiliency", "--n-samples", "20", "--no-progress"]
@@ -35,16 +35,24 @@ def test_the_study_round_trips_through_its_data(tmp_path: Path) -> None:
     assert again.threat_models["gray"].params == study.threat_models["gray"].params
     assert again.threat_models["adaptive"].params == study.threat_models["adaptive"].params
     trainings, evaluations = study.steps()
-    spec = read_step_spec(Path(evaluations[0].argv[-1]))
+    spec = study._specs[Path(evaluations[0].argv[-1])]
     assert evaluations[0].argv[:2] == ("step", "--spec") and spec["step"]["threat"] == "gray"
     assert spec["study"] == study.to_data() and trainings[0].argv != evaluations[0].argv
 
 
 def test_in_process_and_two_jobs_give_the_same_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import torch
+
     monkeypatch.setenv("PDM_BENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # weights depend on the thread count: the same one here and in jobs
     monkeypatch.chdir(tmp_path)
-    assert run([*TINY, "--results-dir", str(tmp_path / "here")]) == 0, capsys.readouterr().err
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert run([*TINY, "--results-dir", str(tmp_path / "here")]) == 0, capsys.readouterr().err
+    finally:
+        torch.set_num_threads(threads)
     monkeypatch.setenv("PDM_BENCH_CACHE", str(tmp_path / "cache-jobs"))
     assert run([*TINY, "--results-dir", str(tmp_path / "jobs"), "--jobs", "2"]) == 0, capsys.readouterr().err
     here = [r for r in value_rows(tmp_path / "here")]

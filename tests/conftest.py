@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -97,3 +98,25 @@ def install_fake_dist(site: Path, dist: str, modules: dict[str, str | Path], gro
 def fake_dist() -> FakeDist:
     """:func:`install_fake_dist` (test modules cannot import conftest under --import-mode=importlib)."""
     return install_fake_dist
+
+
+@pytest.fixture(scope="session")
+def digits_softmax() -> Any:
+    """An ART classifier over a softmax regression on digits (seeded, 300 Adam steps): small enough for ART's C&W to
+    run a high-confidence attack in a test, and its logit margins are bounded by the pixel box."""
+    import torch
+
+    from pdm_bench.art_adapter import to_art_classifier
+    from pdm_bench.data import load_dataset
+
+    data = load_dataset("digits")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(300):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x_train), y_train).backward()
+        optimizer.step()
+    model.embedding = torch.nn.Identity()  # to_art_classifier expects the embedding module
+    return to_art_classifier(model, input_shape=data.input_shape, nb_classes=10, device=torch.device("cpu"))

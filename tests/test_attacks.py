@@ -101,21 +101,11 @@ def test_line_search_cw_gives_arts_images(small_model: tuple[Any, np.ndarray, np
 
 
 @pytest.fixture(scope="module")
-def linear_model() -> tuple[Any, np.ndarray, np.ndarray]:
+def linear_model(digits_softmax: Any) -> tuple[Any, np.ndarray, np.ndarray]:
     """A softmax regression on digits: small enough for ART's C&W to run a high-confidence attack in a test."""
     data = load_dataset("digits")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(300):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x_train), y_train).backward()
-        optimizer.step()
-    model.embedding = torch.nn.Identity()  # to_art_classifier expects the embedding module
-    classifier = to_art_classifier(model, input_shape=data.input_shape, nb_classes=10, device=CPU)
-    assert (classifier.predict(data.x_test).argmax(1) == data.y_test).mean() > 0.9
-    return classifier, data.x_test[:10], data.y_test[:10]
+    assert (digits_softmax.predict(data.x_test).argmax(1) == data.y_test).mean() > 0.9
+    return digits_softmax, data.x_test[:10], data.y_test[:10]
 
 
 @pytest.mark.slow  # ART / many Adam steps: ~1 minute on 2 cores

@@ -3,30 +3,20 @@ has no pairs."""
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import Any
 
-from pdm_bench.art_adapter import to_art_classifier
+import numpy as np
+
 from pdm_bench.data import load_dataset
 from pdm_bench.results import Metric
 from pdm_bench.threat_models.attacks import CarliniWagnerL2
 from pdm_bench.threat_models.gray import no_pairs_note
 
 
-def test_closest_lead_is_the_largest_margin_reached() -> None:
+def test_closest_lead_is_the_largest_margin_reached(digits_softmax: Any) -> None:
     """A softmax regression on digits: the margin an image can reach is bounded by the pixel box; at a confidence
     no image reaches, every image comes back unchanged and ``closest_lead`` says how close the best one came."""
-    data = load_dataset("digits")
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-    x_train, y_train = torch.from_numpy(data.x_train), torch.from_numpy(data.y_train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
-    for _ in range(300):
-        optimizer.zero_grad()
-        torch.nn.functional.cross_entropy(model(x_train), y_train).backward()
-        optimizer.step()
-    model.embedding = torch.nn.Identity()
-    classifier = to_art_classifier(model, input_shape=data.input_shape, nb_classes=10, device=torch.device("cpu"))
+    classifier, data = digits_softmax, load_dataset("digits")
     x, y = data.x_test[:20], data.y_test[:20]
     goal = np.eye(10)[(y + 1) % 10]
     settings = dict(targeted=True, binary_search_steps=6, max_iter=100, batch_size=128, learning_rate=5e-2,

@@ -139,8 +139,8 @@ def run_gray(ev: Evaluation, attack_names: list[str], *, backend: AttackBackend,
             with seeded_global_rngs(attack_seed(ev.seed, spec.name, part.start or 0)):
                 images = attack.generate(x[part], y=one_hot[part])
             if hasattr(attack, "closest_lead"):  # our C&W: the largest logit lead an image reached
-                leads[spec.name] = (max(leads.get(spec.name, (-np.inf, 0))[0], attack.closest_lead),
-                                    leads.get(spec.name, (0, 0))[1] + len(images))
+                lead, counted = leads.get(spec.name, (-np.inf, 0))
+                leads[spec.name] = (max(lead, attack.closest_lead), counted + len(images))
             return images
 
         return ev.cached_adversarials(spec.name, params(spec), make, detector_free=True)  # they ignore the detector
